@@ -1,0 +1,174 @@
+"""The management API for organizations and API keys (DRF)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.permissions import SAFE_METHODS
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from muxer_project.errors import APIError
+from providers.models import Model
+
+from . import selectors, services
+from .auth import KeyIdentity, authenticate_sync
+from .models import APIKey, Membership, Organization, Role, Team
+
+MANAGER_ROLES = frozenset({Role.OWNER, Role.ADMIN})
+
+
+class KeyPrincipal:
+    """``request.user`` for a request authenticated by a ModelMuxer API key."""
+
+    is_authenticated = True
+    is_anonymous = False
+
+    def __init__(self, identity: KeyIdentity) -> None:
+        self.identity = identity
+
+
+class APIKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[KeyPrincipal, KeyIdentity]:
+        try:
+            identity = authenticate_sync(request.META.get("HTTP_AUTHORIZATION"))
+        except APIError as exc:
+            raise exc from None
+        return KeyPrincipal(identity), identity
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="modelmuxer"'
+
+
+class OrganizationScopedView(APIView):
+    """Resolves ``<org>`` from the URL through the caller's membership.
+
+    A non-member gets 404, as if the organization did not exist; a member whose
+    role cannot write gets 403 on unsafe methods. Subclasses read
+    ``self.organization`` and never look tenants up themselves.
+    """
+
+    write_roles: frozenset[str] = MANAGER_ROLES
+    organization: Organization
+    membership: Membership
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        membership = selectors.membership_for(user=request.user, organization_slug=kwargs["org"])
+        if membership is None:
+            raise NotFound("No such organization.")
+        if request.method not in SAFE_METHODS and membership.role not in self.write_roles:
+            raise PermissionDenied(f"Your role ({membership.role}) cannot do this.")
+        self.membership = membership
+        self.organization = membership.organization
+
+
+class OrganizationSerializer(serializers.ModelSerializer[Organization]):
+    class Meta:
+        model = Organization
+        fields = ["id", "name", "slug", "allowed_models", "created_at"]
+
+
+class APIKeySerializer(serializers.ModelSerializer[APIKey]):
+    created_by = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    status = serializers.SerializerMethodField()
+
+    class Meta:
+        model = APIKey
+        fields = [
+            "id", "name", "prefix", "team", "created_by", "created_at", "last_used_at",
+            "expires_at", "revoked_at", "allowed_models", "status",
+        ]  # fmt: skip
+
+    def get_status(self, obj: APIKey) -> str:
+        if obj.revoked_at is not None:
+            return "revoked"
+        if obj.expires_at is not None and obj.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
+
+class APIKeyCreateSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=200)
+    team = serializers.IntegerField(required=False, allow_null=True)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(max_length=120), required=False, max_length=500
+    )
+
+    def validate_expires_at(self, value: Any) -> Any:
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("must be in the future.")
+        return value
+
+    def validate_allowed_models(self, value: list[str]) -> list[str]:
+        known = set(Model.objects.filter(name__in=value).values_list("name", flat=True))
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise serializers.ValidationError(f"unknown model(s): {', '.join(unknown)}.")
+        return value
+
+
+class OrganizationListView(APIView):
+    def get(self, request: Request) -> Response:
+        organizations = selectors.organizations_for_user(user=request.user)
+        return Response({"object": "list", "data": OrganizationSerializer(organizations, many=True).data})
+
+
+class OrganizationDetailView(OrganizationScopedView):
+    def get(self, request: Request, org: str) -> Response:
+        data = OrganizationSerializer(self.organization).data
+        return Response({**data, "role": self.membership.role})
+
+
+class APIKeyListView(OrganizationScopedView):
+    @extend_schema(responses=APIKeySerializer(many=True))
+    def get(self, request: Request, org: str) -> Response:
+        keys = selectors.api_keys_for_org(organization=self.organization)
+        return Response({"object": "list", "data": APIKeySerializer(keys, many=True).data})
+
+    @extend_schema(request=APIKeyCreateSerializer, responses={201: APIKeySerializer})
+    def post(self, request: Request, org: str) -> Response:
+        serializer = APIKeyCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        team = None
+        if data.get("team") is not None:
+            team = Team.objects.filter(organization=self.organization, pk=data["team"]).first()
+            if team is None:
+                raise serializers.ValidationError({"team": ["No such team in this organization."]})
+        issued = services.api_key_create(
+            organization=self.organization,
+            name=data["name"],
+            created_by=request.user,
+            team=team,
+            expires_at=data.get("expires_at"),
+            allowed_models=data.get("allowed_models", ()),
+        )
+        body = {**APIKeySerializer(issued.api_key).data, "key": issued.secret}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class APIKeyDetailView(OrganizationScopedView):
+    def get_key(self, key_id: int) -> APIKey:
+        api_key = selectors.api_key_get(organization=self.organization, key_id=key_id)
+        if api_key is None:
+            raise NotFound("No such API key.")
+        return api_key
+
+    @extend_schema(responses=APIKeySerializer)
+    def get(self, request: Request, org: str, key_id: int) -> Response:
+        return Response(APIKeySerializer(self.get_key(key_id)).data)
+
+
+class APIKeyRevokeView(APIKeyDetailView):
+    @extend_schema(request=None, responses=APIKeySerializer)
+    def post(self, request: Request, org: str, key_id: int) -> Response:
+        revoked = services.api_key_revoke(api_key=self.get_key(key_id), actor=request.user)
+        return Response(APIKeySerializer(revoked).data)

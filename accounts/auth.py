@@ -1,0 +1,157 @@
+"""Resolving a presented API key to the identity behind it, on the hot path.
+
+Each process keeps a short-lived copy of every key it has seen, keyed by the
+lookup prefix, so a busy key costs no database work. The copy lives for
+``MUXER_KEY_CACHE_SECONDS``, which bounds how long a revoked key keeps working
+on any process. Unknown prefixes are cached too, so a flood of forged keys
+does not become a flood of queries.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from muxer_project.errors import APIError, invalid_api_key
+
+from . import keys
+from .models import APIKey
+
+_MAX_CACHED = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyIdentity:
+    key_id: int
+    prefix: str
+    digest: str
+    organization_id: int
+    team_id: int | None
+    user_id: int | None
+    allowed_models: frozenset[str]
+    org_allowed_models: frozenset[str]
+    expires_at: datetime | None
+    revoked: bool
+
+    def may_use(self, model_name: str) -> bool:
+        if self.allowed_models and model_name not in self.allowed_models:
+            return False
+        return not self.org_allowed_models or model_name in self.org_allowed_models
+
+
+_cache: dict[str, tuple[float, KeyIdentity | None]] = {}
+
+
+def forget_cached_keys() -> None:
+    _cache.clear()
+
+
+def _load(prefix: str) -> KeyIdentity | None:
+    try:
+        return _query(prefix)
+    finally:
+        # The proxy runs outside Django's request cycle, so nothing else
+        # retires this thread's connection.
+        close_old_connections()
+
+
+def _query(prefix: str) -> KeyIdentity | None:
+    row = (
+        APIKey.objects.filter(prefix=prefix)
+        .select_related("organization")
+        .only(
+            "id",
+            "prefix",
+            "digest",
+            "organization_id",
+            "team_id",
+            "created_by_id",
+            "allowed_models",
+            "expires_at",
+            "revoked_at",
+            "organization__allowed_models",
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    return KeyIdentity(
+        key_id=row.pk,
+        prefix=row.prefix,
+        digest=row.digest,
+        organization_id=row.organization_id,
+        team_id=row.team_id,
+        user_id=row.created_by_id,
+        allowed_models=frozenset(row.allowed_models or ()),
+        org_allowed_models=frozenset(row.organization.allowed_models or ()),
+        expires_at=row.expires_at,
+        revoked=row.revoked_at is not None,
+    )
+
+
+def _parse_bearer(header: str | None) -> str:
+    if not header:
+        raise invalid_api_key(
+            "You didn't provide an API key. Send it in the Authorization header as 'Bearer mm_live_...'."
+        )
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise invalid_api_key("The Authorization header must be 'Bearer <API key>'.")
+    if not keys.is_well_formed(token):
+        raise invalid_api_key("The API key is malformed. ModelMuxer keys look like 'mm_live_...'.")
+    return token
+
+
+def _check(token: str, identity: KeyIdentity | None) -> KeyIdentity:
+    if identity is None or not hmac.compare_digest(identity.digest, keys.key_digest(token)):
+        raise invalid_api_key("Incorrect API key provided.")
+    if identity.revoked:
+        raise invalid_api_key("This API key has been revoked.")
+    if identity.expires_at is not None and identity.expires_at <= timezone.now():
+        raise invalid_api_key("This API key has expired.")
+    return identity
+
+
+def _cached(prefix: str) -> tuple[bool, KeyIdentity | None]:
+    hit = _cache.get(prefix)
+    if hit is not None and time.monotonic() - hit[0] < settings.MUXER_KEY_CACHE_SECONDS:
+        return True, hit[1]
+    return False, None
+
+
+def _remember(prefix: str, identity: KeyIdentity | None) -> None:
+    if len(_cache) >= _MAX_CACHED:
+        _cache.clear()
+    _cache[prefix] = (time.monotonic(), identity)
+
+
+async def authenticate(authorization: str | None) -> KeyIdentity:
+    """Return the identity of a valid key, or raise a 401 :class:`APIError`."""
+    token = _parse_bearer(authorization)
+    prefix = keys.lookup_prefix(token)
+    found, identity = _cached(prefix)
+    if not found:
+        identity = await sync_to_async(_load, thread_sensitive=False)(prefix)
+        _remember(prefix, identity)
+    return _check(token, identity)
+
+
+def authenticate_sync(authorization: str | None) -> KeyIdentity:
+    token = _parse_bearer(authorization)
+    prefix = keys.lookup_prefix(token)
+    found, identity = _cached(prefix)
+    if not found:
+        identity = _load(prefix)
+        _remember(prefix, identity)
+    return _check(token, identity)
+
+
+__all__ = ["APIError", "KeyIdentity", "authenticate", "authenticate_sync", "forget_cached_keys"]

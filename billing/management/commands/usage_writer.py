@@ -1,0 +1,32 @@
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from billing.usage import usage_drain
+
+
+class Command(BaseCommand):
+    help = "Move usage events from the Redis stream into the database, in batches, until stopped."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--once", action="store_true", help="Drain what is queued now, then exit.")
+        parser.add_argument("--batch-size", type=int, default=500)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.REDIS_URL:
+            self.stdout.write("No REDIS_URL: the gateway writes usage directly; nothing to do.")
+            return
+        total = 0
+        while True:
+            try:
+                moved = usage_drain(batch_size=options["batch_size"], block_ms=0 if options["once"] else 1000)
+            except Exception as exc:  # noqa: BLE001 - keep the writer alive through Redis/DB blips
+                self.stderr.write(f"usage writer: {type(exc).__name__}: {exc}; retrying")
+                time.sleep(1)
+                continue
+            total += moved
+            if options["once"] and moved == 0:
+                self.stdout.write(f"usage writer: {total} events written")
+                return

@@ -1,0 +1,167 @@
+"""The usage ledger's intake.
+
+The proxy never writes usage rows itself on the hot path. With Redis, each
+request appends one event to a Redis stream (one round trip) and the usage
+writer (``manage.py usage_writer``) moves events into PostgreSQL in batches,
+acknowledging them only after the rows are committed; events a crashed writer
+had claimed are reclaimed after a minute. Rows are keyed by request id, so a
+re-delivered event never counts twice. Without Redis (the embedded default),
+events are written straight to the database in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import os
+from collections import defaultdict
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TypedDict
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.models import Q
+
+from accounts.models import APIKey
+from muxer_project.redis import async_redis, sync_redis
+
+from .models import UsageRecord
+
+logger = logging.getLogger(__name__)
+
+GROUP = "usage-writers"
+
+
+class UsageEvent(TypedDict):
+    request_id: str
+    organization_id: int
+    api_key_id: int
+    team_id: int | None
+    user_id: int | None
+    model: str
+    provider: str
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    reasoning_tokens: int
+    usage_estimated: bool
+    cost_usd: str
+    latency_ms: int
+    status: str
+    http_status: int
+    error_code: str
+    stream: bool
+    created_at: float
+
+
+def usage_write_batch(events: list[UsageEvent]) -> int:
+    """Insert the events' rows (skipping request ids already stored) and touch the keys' last use."""
+    if not events:
+        return 0
+    rows = [
+        UsageRecord(
+            request_id=e["request_id"],
+            organization_id=e["organization_id"],
+            api_key_id=e["api_key_id"],
+            team_id=e["team_id"],
+            user_id=e["user_id"],
+            model=e["model"],
+            provider=e["provider"],
+            input_tokens=e["input_tokens"],
+            output_tokens=e["output_tokens"],
+            cached_input_tokens=e["cached_input_tokens"],
+            reasoning_tokens=e["reasoning_tokens"],
+            usage_estimated=e["usage_estimated"],
+            cost_usd=Decimal(e["cost_usd"]),
+            latency_ms=e["latency_ms"],
+            status=e["status"],
+            http_status=e["http_status"],
+            error_code=e["error_code"],
+            stream=e["stream"],
+            created_at=datetime.fromtimestamp(e["created_at"], tz=UTC),
+        )
+        for e in events
+    ]
+    last_used: dict[int, datetime] = defaultdict(lambda: datetime.min.replace(tzinfo=UTC))
+    for row in rows:
+        last_used[row.api_key_id] = max(last_used[row.api_key_id], row.created_at)
+    with transaction.atomic():
+        UsageRecord.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+        for key_id, used_at in last_used.items():
+            APIKey.objects.filter(pk=key_id).filter(
+                Q(last_used_at__isnull=True) | Q(last_used_at__lt=used_at)
+            ).update(last_used_at=used_at)
+    return len(rows)
+
+
+def _write_now(event: UsageEvent) -> None:
+    try:
+        usage_write_batch([event])
+    finally:
+        close_old_connections()
+
+
+async def usage_emit(event: UsageEvent) -> None:
+    """Hand one usage event to the ledger. Falls back to a direct write if Redis is unreachable."""
+    if settings.REDIS_URL:
+        try:
+            await async_redis().xadd(settings.MUXER_USAGE_STREAM, {"e": orjson.dumps(event)})
+            return
+        except Exception:  # noqa: BLE001 - any Redis failure: keep the record by writing it directly
+            logger.warning("usage stream unavailable; writing usage %s directly", event["request_id"])
+    await sync_to_async(_write_now, thread_sensitive=False)(event)
+
+
+def _ensure_group() -> None:
+    try:
+        sync_redis().xgroup_create(settings.MUXER_USAGE_STREAM, GROUP, id="0", mkstream=True)
+    except Exception as exc:  # noqa: BLE001
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def usage_drain(*, batch_size: int = 500, block_ms: int = 1000, reclaim_idle_ms: int = 60_000) -> int:
+    """Move one batch of events from the Redis stream into the database. Returns rows handled."""
+    client = sync_redis()
+    stream = settings.MUXER_USAGE_STREAM
+    _ensure_group()
+    consumer = _consumer_name()
+    _next, claimed, _deleted = client.xautoclaim(
+        stream, GROUP, consumer, min_idle_time=reclaim_idle_ms, start_id="0-0", count=batch_size
+    )
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = list(claimed)
+    if not entries:
+        response = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=batch_size, block=block_ms or None)
+        for _name, items in response or ():
+            entries.extend(items)
+    if not entries:
+        return 0
+    events: list[UsageEvent] = []
+    for _entry_id, fields in entries:
+        raw = fields.get(b"e")
+        if raw is not None:
+            events.append(orjson.loads(raw))
+    usage_write_batch(events)
+    ids = [entry_id for entry_id, _fields in entries]
+    pipe = client.pipeline()
+    pipe.xack(stream, GROUP, *ids)
+    pipe.xdel(stream, *ids)
+    pipe.execute()
+    return len(entries)
+
+
+def usage_pending() -> int:
+    """Events in the stream not yet written (for tests and health)."""
+    return int(sync_redis().xlen(settings.MUXER_USAGE_STREAM))
+
+
+__all__ = ["UsageEvent", "usage_drain", "usage_emit", "usage_pending", "usage_write_batch"]
+
+

@@ -1,0 +1,30 @@
+"""ASGI entry point.
+
+The hot proxy endpoints are Channels consumers; everything else (the DRF API,
+the console, the admin) goes through Django's ASGI handler.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "muxer_project.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
+
+from muxer_project.lifespan import LifespanApp  # noqa: E402
+from routing.consumers import ChatCompletionsConsumer  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": URLRouter(
+            [
+                path("v1/chat/completions", ChatCompletionsConsumer.as_asgi()),
+                re_path(r"", django_asgi_app),
+            ]
+        ),
+        "lifespan": LifespanApp(),
+    }
+)

@@ -1,0 +1,29 @@
+"""Shared Redis clients: one async client per event loop, one sync client per process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+_async_clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
+_sync_client: redis.Redis | None = None
+
+
+def async_redis() -> aioredis.Redis:
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        for stale in [lp for lp in _async_clients if lp.is_closed()]:
+            del _async_clients[stale]
+        client = _async_clients[loop] = aioredis.from_url(settings.REDIS_URL)
+    return client
+
+
+def sync_redis() -> redis.Redis:
+    global _sync_client
+    if _sync_client is None:
+        _sync_client = redis.from_url(settings.REDIS_URL)
+    return _sync_client

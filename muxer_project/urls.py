@@ -1,0 +1,39 @@
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.urls import path
+from django.views import defaults
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+
+from accounts import api as accounts_api
+from routing import errors, views as routing_views
+
+urlpatterns = [
+    path("healthz", routing_views.healthz, name="healthz"),
+    path("readyz", routing_views.readyz, name="readyz"),
+    path("v1/models", routing_views.ModelListView.as_view(), name="v1-models"),
+    path("v1/models/<path:model>", routing_views.ModelDetailView.as_view(), name="v1-model-detail"),
+    path("api/auth/token/", TokenObtainPairView.as_view(), name="token-obtain"),
+    path("api/auth/token/refresh/", TokenRefreshView.as_view(), name="token-refresh"),
+    path("api/orgs/", accounts_api.OrganizationListView.as_view(), name="org-list"),
+    path("api/orgs/<slug:org>/", accounts_api.OrganizationDetailView.as_view(), name="org-detail"),
+    path("api/orgs/<slug:org>/keys/", accounts_api.APIKeyListView.as_view(), name="key-list"),
+    path("api/orgs/<slug:org>/keys/<int:key_id>/", accounts_api.APIKeyDetailView.as_view(), name="key-detail"),
+    path(
+        "api/orgs/<slug:org>/keys/<int:key_id>/revoke/", accounts_api.APIKeyRevokeView.as_view(), name="key-revoke"
+    ),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("admin/", admin.site.urls),
+]
+
+
+def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith(("/v1/", "/api/")):
+        return errors.json_404(request, exception)
+    return defaults.page_not_found(request, exception)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith(("/v1/", "/api/")):
+        return errors.json_500(request)
+    return defaults.server_error(request)

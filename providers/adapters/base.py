@@ -1,0 +1,83 @@
+"""What every provider adapter provides, in the client's (OpenAI) terms."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..catalog import CatalogModel
+
+
+class ProviderError(Exception):
+    """The single error type adapters raise. ``status`` is what the client should get."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        retryable: bool,
+        code: str = "upstream_error",
+        type: str = "upstream_error",
+        upstream_status: int | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.code = code
+        self.type = type
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+
+@dataclass(slots=True)
+class ChatResult:
+    body: dict[str, Any]
+    usage: Usage
+
+
+@dataclass(slots=True)
+class StreamProgress:
+    """What a stream has produced so far; read after the stream ends, is cut, or fails."""
+
+    usage: Usage | None = None
+    completion_chars: int = 0
+    error: dict[str, Any] | None = None
+    finished: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ChatStream(ABC):
+    progress: StreamProgress
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Send the request; raise :class:`ProviderError` if the provider refuses it."""
+
+    @abstractmethod
+    def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """OpenAI ``chat.completion.chunk`` objects, without the usage-only chunk."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class Adapter(ABC):
+    @abstractmethod
+    async def chat(self, model: CatalogModel, request: dict[str, Any]) -> ChatResult: ...
+
+    @abstractmethod
+    def stream(self, model: CatalogModel, request: dict[str, Any]) -> ChatStream: ...

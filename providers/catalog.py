@@ -1,0 +1,118 @@
+"""An in-process snapshot of the model catalog for the hot path.
+
+The proxy must not query the database per request, so each process holds the
+catalog for ``MUXER_CATALOG_CACHE_SECONDS`` and reloads it in a worker thread
+when it goes stale. Base URLs and credentials come from the environment at
+load time: ``MUXER_<SLUG>_BASE_URL`` overrides a provider's base URL, and the
+provider's ``api_key_env`` names the variable that holds its key.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+
+from .models import Model, ModelKind
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogModel:
+    name: str
+    kind: str
+    provider: str
+    wire_format: str
+    base_url: str
+    credential: str | None
+    input_price_per_mtok_usd: Decimal
+    output_price_per_mtok_usd: Decimal
+    cached_input_price_per_mtok_usd: Decimal | None
+    context_window: int
+    max_output_tokens: int
+    supports_streaming: bool
+    supports_tools: bool
+    supports_vision: bool
+    supports_json_mode: bool
+    created: int
+
+    @property
+    def configured(self) -> bool:
+        """Whether a call can be made: the provider needs no key or has one."""
+        return self.credential is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    models: dict[str, CatalogModel]
+
+    def get(self, name: str) -> CatalogModel | None:
+        return self.models.get(name)
+
+    def chat_models(self) -> list[CatalogModel]:
+        return [m for m in self.models.values() if m.kind == ModelKind.CHAT]
+
+
+def _load() -> Catalog:
+    try:
+        rows = list(
+            Model.objects.filter(enabled=True, provider__enabled=True).select_related("provider").order_by("name")
+        )
+    finally:
+        close_old_connections()
+    entries: dict[str, CatalogModel] = {}
+    for row in rows:
+        provider = row.provider
+        base_url = os.environ.get(f"MUXER_{provider.slug.upper()}_BASE_URL") or provider.base_url
+        credential = os.environ.get(provider.api_key_env) if provider.api_key_env else ""
+        entries[row.name] = CatalogModel(
+            name=row.name,
+            kind=row.kind,
+            provider=provider.slug,
+            wire_format=provider.wire_format,
+            base_url=base_url.rstrip("/"),
+            credential=credential,
+            input_price_per_mtok_usd=row.input_price_per_mtok_usd,
+            output_price_per_mtok_usd=row.output_price_per_mtok_usd,
+            cached_input_price_per_mtok_usd=row.cached_input_price_per_mtok_usd,
+            context_window=row.context_window,
+            max_output_tokens=row.max_output_tokens,
+            supports_streaming=row.supports_streaming,
+            supports_tools=row.supports_tools,
+            supports_vision=row.supports_vision,
+            supports_json_mode=row.supports_json_mode,
+            created=int(row.created_at.timestamp()),
+        )
+    return Catalog(models=entries)
+
+
+_snapshot: tuple[float, Catalog] | None = None
+
+
+def _fresh() -> Catalog | None:
+    if _snapshot is not None and time.monotonic() - _snapshot[0] < settings.MUXER_CATALOG_CACHE_SECONDS:
+        return _snapshot[1]
+    return None
+
+
+def _store(catalog: Catalog) -> Catalog:
+    global _snapshot
+    _snapshot = (time.monotonic(), catalog)
+    return catalog
+
+
+async def get_catalog() -> Catalog:
+    return _fresh() or _store(await sync_to_async(_load, thread_sensitive=False)())
+
+
+def get_catalog_sync() -> Catalog:
+    return _fresh() or _store(_load())
+
+
+def forget_catalog() -> None:
+    global _snapshot
+    _snapshot = None

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class WireFormat(models.TextChoices):
+    OPENAI = "openai", "OpenAI chat completions"
+    ANTHROPIC = "anthropic", "Anthropic messages"
+    GEMINI = "gemini", "Google Gemini generateContent"
+    COHERE = "cohere", "Cohere v2 chat"
+
+
+class ModelKind(models.TextChoices):
+    CHAT = "chat", "Chat"
+    EMBEDDING = "embedding", "Embedding"
+
+
+class Provider(models.Model):
+    slug = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=100)
+    wire_format = models.CharField(max_length=16, choices=WireFormat.choices)
+    base_url = models.URLField(help_text="Default API base; MUXER_<SLUG>_BASE_URL overrides it.")
+    api_key_env = models.CharField(
+        max_length=64, blank=True, help_text="Environment variable holding the credential; blank needs none."
+    )
+    pricing_url = models.URLField(blank=True)
+    enabled = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Model(models.Model):
+    """A model a provider serves, with its list price in USD per one million tokens."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
+    name = models.CharField(max_length=120, unique=True, help_text="The id clients send and the provider accepts.")
+    kind = models.CharField(max_length=16, choices=ModelKind.choices, default=ModelKind.CHAT)
+    input_price_per_mtok_usd = models.DecimalField(max_digits=12, decimal_places=6)
+    output_price_per_mtok_usd = models.DecimalField(max_digits=12, decimal_places=6)
+    cached_input_price_per_mtok_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    context_window = models.PositiveIntegerField()
+    max_output_tokens = models.PositiveIntegerField()
+    supports_streaming = models.BooleanField(default=True)
+    supports_tools = models.BooleanField(default=False)
+    supports_vision = models.BooleanField(default=False)
+    supports_json_mode = models.BooleanField(default=False)
+    enabled = models.BooleanField(default=True)
+    price_source = models.URLField(blank=True)
+    price_as_of = models.DateField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["provider__slug", "name"]
+
+    def __str__(self) -> str:
+        return self.name

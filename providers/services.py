@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+
+from .models import Model, Provider
+
+# The built-in fake provider: the fake upstream server, for development, tests
+# and benchmarks. MUXER_FAKE_BASE_URL points it elsewhere. Priced so that
+# `auto` prefers it whenever it is enabled.
+FAKE_PROVIDER: dict[str, Any] = {
+    "slug": "fake",
+    "name": "Fake upstream (development)",
+    "wire_format": "openai",
+    "base_url": "http://127.0.0.1:9100/v1",
+    "api_key_env": "",
+    "pricing_url": "",
+}
+FAKE_MODELS: list[dict[str, Any]] = [
+    {
+        "provider": "fake",
+        "name": name,
+        "kind": "chat",
+        "input_price_per_mtok_usd": Decimal(price_in),
+        "output_price_per_mtok_usd": Decimal(price_out),
+        "cached_input_price_per_mtok_usd": None,
+        "context_window": 128_000,
+        "max_output_tokens": 16_384,
+        "supports_streaming": True,
+        "supports_tools": True,
+        "supports_vision": True,
+        "supports_json_mode": True,
+        "price_source": "",
+        "price_as_of": None,
+    }
+    for name, price_in, price_out in (("fake-small", "0.01", "0.02"), ("fake-large", "1.00", "2.00"))
+]
+
+_PROVIDER_FIELDS = ("name", "wire_format", "base_url", "api_key_env", "pricing_url")
+_MODEL_FIELDS = (
+    "kind",
+    "input_price_per_mtok_usd",
+    "output_price_per_mtok_usd",
+    "cached_input_price_per_mtok_usd",
+    "context_window",
+    "max_output_tokens",
+    "supports_streaming",
+    "supports_tools",
+    "supports_vision",
+    "supports_json_mode",
+    "price_source",
+    "price_as_of",
+)
+
+
+@transaction.atomic
+def catalog_sync(*, providers: Iterable[Mapping[str, Any]], models: Iterable[Mapping[str, Any]]) -> int:
+    """Upsert providers and models from seed data; keeps operators' ``enabled`` choices. Returns models touched."""
+    by_slug: dict[str, Provider] = {}
+    for seed in providers:
+        provider, _ = Provider.objects.update_or_create(
+            slug=seed["slug"], defaults={f: seed[f] for f in _PROVIDER_FIELDS}
+        )
+        by_slug[provider.slug] = provider
+    count = 0
+    for seed in models:
+        provider = by_slug.get(seed["provider"]) or Provider.objects.get(slug=seed["provider"])
+        Model.objects.update_or_create(
+            name=seed["name"], defaults={"provider": provider, **{f: seed.get(f) for f in _MODEL_FIELDS}}
+        )
+        count += 1
+    return count
+
+
+def catalog_sync_defaults() -> int:
+    from .catalog_seed import MODELS, PROVIDERS
+
+    return catalog_sync(providers=[*PROVIDERS, FAKE_PROVIDER], models=[*MODELS, *FAKE_MODELS])

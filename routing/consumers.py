@@ -1,0 +1,329 @@
+"""The proxy's hot endpoints, as Channels consumers.
+
+Django's request handler costs several times more per request than a
+consumer, so the consumer base class does here what middleware does
+elsewhere: request ids, the body size limit, the OpenAI error shape. The work
+for each request runs as a task beside a watcher on the connection; when the
+client goes away, the task is cancelled, which closes the upstream call, and
+the usage seen so far is still recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from asgiref.typing import ASGIReceiveCallable, ASGISendCallable
+from channels.consumer import AsyncConsumer
+
+from accounts.auth import KeyIdentity, authenticate
+from billing.pricing import cost_usd
+from billing.tokens import estimate_prompt_tokens, estimate_text_tokens
+from billing.usage import UsageEvent, usage_emit
+from muxer_project.errors import APIError
+from providers.adapters import ProviderError, Usage, adapter_for
+from providers.catalog import CatalogModel, get_catalog
+
+from .schema import ChatRequest, parse_chat_request, too_large
+from .selection import AUTO, select_model
+
+logger = logging.getLogger(__name__)
+
+JSON = b"application/json"
+Headers = list[tuple[bytes, bytes]]
+
+
+async def _wait_for_disconnect(receive: ASGIReceiveCallable) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class GatewayConsumer(AsyncConsumer):
+    """Base for proxy endpoints: read the body, run :meth:`handle`, shape errors."""
+
+    methods = frozenset({"POST"})
+
+    async def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:  # type: ignore[override]
+        from django.conf import settings
+
+        self.scope = scope
+        self._send = send
+        self.started = time.perf_counter()
+        self.request_id = f"req_{uuid.uuid4().hex}"
+        self.response_started = False
+        try:
+            if scope["method"] not in self.methods:
+                raise APIError(
+                    405, f"{scope['method']} is not allowed here; use {', '.join(sorted(self.methods))}.",
+                    code="method_not_allowed",
+                )
+            body = await self._read_body(receive, settings.MUXER_MAX_BODY_BYTES)
+        except APIError as exc:
+            await self.send_error(exc)
+            return
+        if body is None:  # the client left before sending its body
+            return
+        work = asyncio.ensure_future(self._run(body))
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        done, _pending = await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            watcher.cancel()
+        else:
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+
+    async def _read_body(self, receive: ASGIReceiveCallable, limit: int) -> bytes | None:
+        length = self.header(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise too_large(limit)
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    async def _run(self, body: bytes) -> None:
+        try:
+            await self.handle(body)
+        except APIError as exc:
+            if self.response_started:
+                logger.warning("request %s failed after the response began: %s", self.request_id, exc.message)
+            else:
+                await self.send_error(exc)
+        except Exception:
+            logger.exception("request %s failed", self.request_id)
+            if not self.response_started:
+                await self.send_error(APIError(500, "The gateway failed unexpectedly.", type="server_error"))
+
+    async def handle(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    # --- helpers ----------------------------------------------------------
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+    async def start_response(self, status: int, content_type: bytes, headers: Headers) -> None:
+        self.response_started = True
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", content_type), (b"x-request-id", self.request_id.encode()), *headers],
+            }
+        )
+
+    async def send_body(self, body: bytes, *, more: bool = False) -> None:
+        await self._send({"type": "http.response.body", "body": body, "more_body": more})
+
+    async def send_json(self, status: int, body: bytes, headers: Headers | None = None) -> None:
+        await self.start_response(status, JSON, headers or [])
+        await self.send_body(body)
+
+    async def send_error(self, exc: APIError) -> None:
+        headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+        await self.send_json(exc.status, exc.body_bytes(), headers)
+
+
+def _muxer_headers(model: CatalogModel, reason: str) -> Headers:
+    return [
+        (b"x-muxer-model", model.name.encode()),
+        (b"x-muxer-provider", model.provider.encode()),
+        (b"x-muxer-route-reason", reason.encode()),
+    ]
+
+
+def _openai_usage(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens, "audio_tokens": 0},
+    }
+
+
+def _completion_chars(body: dict[str, Any]) -> int:
+    chars = 0
+    for choice in body.get("choices") or ():
+        content = (choice.get("message") or {}).get("content")
+        if isinstance(content, str):
+            chars += len(content)
+    return chars
+
+
+class ChatCompletionsConsumer(GatewayConsumer):
+    """``POST /v1/chat/completions``, streamed and not."""
+
+    async def handle(self, body: bytes) -> None:
+        identity = await authenticate(self.header(b"authorization"))
+        request = parse_chat_request(body)
+        model = select_model(catalog=await get_catalog(), identity=identity, request=request)
+        reason = "auto:cheapest-capable" if request.model == AUTO else "explicit"
+        if request.stream:
+            await self._stream(identity, request, model, reason)
+        else:
+            await self._complete(identity, request, model, reason)
+
+    def _usage_event(
+        self,
+        identity: KeyIdentity,
+        model: CatalogModel,
+        usage: Usage,
+        *,
+        status: str,
+        http_status: int,
+        stream: bool,
+        error_code: str = "",
+    ) -> UsageEvent:
+        return {
+            "request_id": self.request_id,
+            "organization_id": identity.organization_id,
+            "api_key_id": identity.key_id,
+            "team_id": identity.team_id,
+            "user_id": identity.user_id,
+            "model": model.name,
+            "provider": model.provider,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cached_input_tokens": usage.cached_input_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "usage_estimated": usage.estimated,
+            "cost_usd": format(cost_usd(model, usage), "f"),
+            "latency_ms": self.elapsed_ms(),
+            "status": status,
+            "http_status": http_status,
+            "error_code": error_code,
+            "stream": stream,
+            "created_at": time.time(),
+        }
+
+    async def _record_failure(
+        self, identity: KeyIdentity, request: ChatRequest, model: CatalogModel, error: ProviderError
+    ) -> None:
+        await usage_emit(
+            self._usage_event(
+                identity,
+                model,
+                Usage(),
+                status="error",
+                http_status=error.status,
+                stream=request.stream,
+                error_code=error.code,
+            )
+        )
+
+    @staticmethod
+    def _client_error(error: ProviderError) -> APIError:
+        headers = {"retry-after": error.retry_after} if error.retry_after else None
+        return APIError(error.status, error.message, type=error.type, code=error.code, headers=headers)
+
+    async def _complete(self, identity: KeyIdentity, request: ChatRequest, model: CatalogModel, reason: str) -> None:
+        adapter = adapter_for(model.wire_format)
+        assert adapter is not None
+        upstream_started = time.perf_counter()
+        try:
+            result = await adapter.chat(model, request.payload)
+        except ProviderError as error:
+            await self._record_failure(identity, request, model, error)
+            raise self._client_error(error) from None
+        upstream_ms = (time.perf_counter() - upstream_started) * 1000
+        usage = result.usage
+        if usage.estimated:
+            usage.input_tokens = estimate_prompt_tokens(request.payload["messages"])
+            usage.output_tokens = estimate_text_tokens(_completion_chars(result.body))
+        event = self._usage_event(identity, model, usage, status="ok", http_status=200, stream=False)
+        headers = _muxer_headers(model, reason)
+        headers.append((b"x-muxer-cost-usd", event["cost_usd"].encode()))
+        headers.append((b"x-muxer-overhead-ms", f"{self.elapsed_ms() - upstream_ms:.1f}".encode()))
+        await self.send_json(200, orjson.dumps(result.body), headers)
+        await usage_emit(event)
+
+    async def _stream(self, identity: KeyIdentity, request: ChatRequest, model: CatalogModel, reason: str) -> None:
+        adapter = adapter_for(model.wire_format)
+        assert adapter is not None
+        stream = adapter.stream(model, request.payload)
+        try:
+            await stream.open()
+        except ProviderError as error:
+            await self._record_failure(identity, request, model, error)
+            raise self._client_error(error) from None
+
+        progress = stream.progress
+        status, http_status, error_code = "ok", 200, ""
+        first: dict[str, Any] | None = None
+        try:
+            await self.start_response(
+                200,
+                b"text/event-stream",
+                [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"), *_muxer_headers(model, reason)],
+            )
+            async for chunk in stream.chunks():
+                if first is None and "choices" in chunk:
+                    first = chunk
+                if request.include_usage and "choices" in chunk:
+                    chunk["usage"] = None
+                await self.send_body(b"data: " + orjson.dumps(chunk) + b"\n\n", more=True)
+            if progress.error is not None:
+                status, http_status = "error", 502
+                error_code = str(progress.error.get("code") or "upstream_error")
+            else:
+                usage = self._settled_usage(request, stream.progress.usage, progress.completion_chars)
+                tail = b""
+                if request.include_usage and first is not None:
+                    usage_chunk = {
+                        "id": first.get("id"),
+                        "object": "chat.completion.chunk",
+                        "created": first.get("created"),
+                        "model": model.name,
+                        "system_fingerprint": first.get("system_fingerprint"),
+                        "choices": [],
+                        "usage": _openai_usage(usage),
+                    }
+                    tail = b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
+                # An SSE comment: clients ignore it, but the cost of a stream is only known here.
+                tail += b": x-muxer-cost-usd=" + format(cost_usd(model, usage), "f").encode() + b"\n\n"
+                await self.send_body(tail + b"data: [DONE]\n\n", more=True)
+            await self.send_body(b"")
+        except asyncio.CancelledError:
+            status, http_status, error_code = "client_disconnected", 499, "client_disconnected"
+            raise
+        finally:
+            await stream.close()
+            usage = self._settled_usage(request, progress.usage, progress.completion_chars)
+            await usage_emit(
+                self._usage_event(
+                    identity, model, usage, status=status, http_status=http_status, stream=True, error_code=error_code
+                )
+            )
+
+    @staticmethod
+    def _settled_usage(request: ChatRequest, reported: Usage | None, completion_chars: int) -> Usage:
+        if reported is not None:
+            return reported
+        return Usage(
+            input_tokens=estimate_prompt_tokens(request.payload["messages"]),
+            output_tokens=estimate_text_tokens(completion_chars),
+            estimated=True,
+        )

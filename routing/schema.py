@@ -1,0 +1,274 @@
+"""Validation of an OpenAI chat-completions request body.
+
+Hand-written rather than a DRF serializer: it runs on every proxied request,
+and a serializer costs more than the rest of the gateway's own work together.
+Each failure names the offending parameter, as OpenAI's API does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from muxer_project.errors import APIError, invalid_request
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
+TOOL_CHOICES = frozenset({"none", "auto", "required"})
+RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
+
+# Accepted and passed to the provider without further checks.
+PASSTHROUGH = frozenset(
+    {
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "parallel_tool_calls",
+        "metadata",
+        "reasoning_effort",
+        "store",
+        "service_tier",
+        "modalities",
+        "prediction",
+        "audio",
+        "verbosity",
+        "prompt_cache_key",
+        "safety_identifier",
+        "web_search_options",
+        "functions",
+        "function_call",
+    }
+)
+CHECKED = frozenset(
+    {
+        "model",
+        "messages",
+        "temperature",
+        "top_p",
+        "n",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "seed",
+        "user",
+        "stream",
+        "stream_options",
+        "presence_penalty",
+        "frequency_penalty",
+    }
+)
+KNOWN = PASSTHROUGH | CHECKED
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    payload: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+    max_output_tokens: int | None
+    has_images: bool
+    has_tools: bool
+    wants_json: bool
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number_in(payload: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = payload.get(name)
+    if value is None:
+        return
+    if not _is_number(value):
+        raise invalid_request(f"'{name}' must be a number.", param=name)
+    if not low <= value <= high:
+        raise invalid_request(f"'{name}' must be between {low:g} and {high:g}; got {value!r}.", param=name)
+
+
+def _positive_int(payload: dict[str, Any], name: str) -> int | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise invalid_request(f"'{name}' must be a positive integer.", param=name)
+    return int(value)
+
+
+def _check_content(content: Any, index: int, role: str) -> bool:
+    """Validate one message's content; return whether it carries an image."""
+    param = f"messages[{index}].content"
+    if content is None:
+        if role in ("assistant", "function"):
+            return False
+        raise invalid_request(f"'{param}' is required for role '{role}'.", param=param)
+    if isinstance(content, str):
+        return False
+    if not isinstance(content, list) or not content:
+        raise invalid_request(f"'{param}' must be a string or a non-empty array of content parts.", param=param)
+    has_image = False
+    for j, part in enumerate(content):
+        part_param = f"{param}[{j}]"
+        if not isinstance(part, dict) or part.get("type") not in PART_TYPES:
+            raise invalid_request(
+                f"'{part_param}' must be an object whose 'type' is one of {sorted(PART_TYPES)}.", param=part_param
+            )
+        kind = part["type"]
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise invalid_request(f"'{part_param}.text' must be a string.", param=f"{part_param}.text")
+        if kind == "image_url":
+            image = part.get("image_url")
+            if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+                raise invalid_request(
+                    f"'{part_param}.image_url.url' must be a string.", param=f"{part_param}.image_url"
+                )
+            has_image = True
+    return has_image
+
+
+def _check_messages(messages: Any) -> bool:
+    if messages is None:
+        raise invalid_request("'messages' is required.", param="messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid_request("'messages' must be a non-empty array.", param="messages")
+    has_images = False
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise invalid_request(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
+        role = message.get("role")
+        if role not in ROLES:
+            raise invalid_request(
+                f"'messages[{i}].role' must be one of {sorted(ROLES)}.", param=f"messages[{i}].role"
+            )
+        if role == "assistant" and message.get("content") is None and not message.get("tool_calls"):
+            raise invalid_request(
+                f"'messages[{i}]' needs 'content' or 'tool_calls'.", param=f"messages[{i}].content"
+            )
+        has_images |= _check_content(message.get("content"), i, role)
+        if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+            raise invalid_request(
+                f"'messages[{i}].tool_call_id' is required for role 'tool'.", param=f"messages[{i}].tool_call_id"
+            )
+        tool_calls = message.get("tool_calls")
+        if tool_calls is not None and not isinstance(tool_calls, list):
+            raise invalid_request(f"'messages[{i}].tool_calls' must be an array.", param=f"messages[{i}].tool_calls")
+    return has_images
+
+
+def _check_tools(payload: dict[str, Any]) -> bool:
+    tools = payload.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise invalid_request("'tools' must be an array.", param="tools")
+        for i, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if tool.get("type") != "function" or not isinstance(function, dict) or not function.get("name"):
+                raise invalid_request(
+                    f"'tools[{i}]' must be {{'type': 'function', 'function': {{'name': ...}}}}.", param=f"tools[{i}]"
+                )
+    choice = payload.get("tool_choice")
+    if choice is not None and not (
+        choice in TOOL_CHOICES if isinstance(choice, str) else isinstance(choice, dict) and choice.get("type")
+    ):
+        raise invalid_request("'tool_choice' must be 'none', 'auto', 'required' or an object.", param="tool_choice")
+    return bool(tools)
+
+
+def _check_response_format(payload: dict[str, Any]) -> bool:
+    response_format = payload.get("response_format")
+    if response_format is None:
+        return False
+    if not isinstance(response_format, dict) or response_format.get("type") not in RESPONSE_FORMATS:
+        raise invalid_request(
+            f"'response_format.type' must be one of {sorted(RESPONSE_FORMATS)}.", param="response_format"
+        )
+    return bool(response_format["type"] != "text")
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    if not body.strip():
+        raise invalid_request("The request body is empty; send a JSON object.")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_request(f"The request body is not valid JSON ({exc.msg} at position {exc.pos}).") from None
+    if not isinstance(payload, dict):
+        raise invalid_request("The request body must be a JSON object.")
+    unknown = payload.keys() - KNOWN
+    if unknown:
+        name = sorted(unknown)[0]
+        raise invalid_request(f"Unrecognized request argument supplied: {name}", param=name)
+
+    model = payload.get("model")
+    if model is None:
+        raise invalid_request("'model' is required.", param="model")
+    if not isinstance(model, str) or not model:
+        raise invalid_request("'model' must be a non-empty string.", param="model")
+    has_images = _check_messages(payload.get("messages"))
+
+    _number_in(payload, "temperature", 0, 2)
+    _number_in(payload, "top_p", 0, 1)
+    _number_in(payload, "presence_penalty", -2, 2)
+    _number_in(payload, "frequency_penalty", -2, 2)
+    n = _positive_int(payload, "n")
+    if n is not None and n > 128:
+        raise invalid_request("'n' must be at most 128.", param="n")
+    max_tokens = _positive_int(payload, "max_completion_tokens") or _positive_int(payload, "max_tokens")
+    seed = payload.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise invalid_request("'seed' must be an integer.", param="seed")
+    user = payload.get("user")
+    if user is not None and not isinstance(user, str):
+        raise invalid_request("'user' must be a string.", param="user")
+    stop = payload.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)
+    ):
+        raise invalid_request("'stop' must be a string or an array of at most 4 strings.", param="stop")
+
+    stream = payload.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise invalid_request("'stream' must be a boolean.", param="stream")
+    stream_options = payload.get("stream_options")
+    include_usage = False
+    if stream_options is not None:
+        if not isinstance(stream_options, dict):
+            raise invalid_request("'stream_options' must be an object.", param="stream_options")
+        if not stream:
+            raise invalid_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+        include_usage = stream_options.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise invalid_request(
+                "'stream_options.include_usage' must be a boolean.", param="stream_options.include_usage"
+            )
+
+    return ChatRequest(
+        payload=payload,
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        max_output_tokens=max_tokens,
+        has_images=has_images,
+        has_tools=_check_tools(payload),
+        wants_json=_check_response_format(payload),
+    )
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(
+        413,
+        f"The request body is larger than the gateway's limit of {limit} bytes.",
+        type="invalid_request_error",
+        code="request_too_large",
+    )

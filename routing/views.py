@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.api import APIKeyAuthentication
+from muxer_project.errors import model_not_found
+from providers.catalog import get_catalog_sync
+
+from .selection import servable
+
+
+class ModelListView(APIView):
+    """``GET /v1/models``: the models this key may use, in OpenAI's list shape."""
+
+    authentication_classes = [APIKeyAuthentication]
+
+    def get(self, request: Request) -> Response:
+        identity = request.auth
+        data = [
+            {"id": m.name, "object": "model", "created": m.created, "owned_by": m.provider}
+            for m in get_catalog_sync().models.values()
+            if servable(m) and identity.may_use(m.name)
+        ]
+        return Response({"object": "list", "data": data})
+
+
+class ModelDetailView(ModelListView):
+    def get(self, request: Request, model: str) -> Response:  # type: ignore[override]
+        identity = request.auth
+        found = get_catalog_sync().get(model)
+        if found is None or not servable(found) or not identity.may_use(found.name):
+            raise model_not_found(model)
+        return Response({"id": found.name, "object": "model", "created": found.created, "owned_by": found.provider})
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers."""
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: the database and the cache answer."""
+    from django.core.cache import cache
+
+    checks: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["database"] = type(exc).__name__
+    try:
+        cache.set("readyz", "1", 5)
+        checks["cache"] = "ok" if cache.get("readyz") == "1" else "mismatch"
+    except Exception as exc:  # noqa: BLE001
+        checks["cache"] = type(exc).__name__
+    healthy = all(v == "ok" for v in checks.values())
+    return JsonResponse({"status": "ok" if healthy else "unavailable", "checks": checks}, status=200 if healthy else 503)
