@@ -98,9 +98,7 @@ class APIKeyCreateSerializer(serializers.Serializer[Any]):
     name = serializers.CharField(max_length=200)
     team = serializers.IntegerField(required=False, allow_null=True)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
-    allowed_models = serializers.ListField(
-        child=serializers.CharField(max_length=120), required=False, max_length=500
-    )
+    allowed_models = serializers.ListField(child=serializers.CharField(max_length=120), required=False, max_length=500)
 
     def validate_expires_at(self, value: Any) -> Any:
         if value is not None and value <= timezone.now():

@@ -49,6 +49,6 @@ if not settings.configured:
     )
     django.setup()
 
-from django.core.asgi import get_asgi_application
+from django.core.asgi import get_asgi_application  # noqa: E402 - needs configured settings
 
 application = get_asgi_application()

@@ -135,9 +135,7 @@ class Processes:
         self.log_dir = log_dir
         self.running: list[Managed] = []
 
-    def start(
-        self, name: str, cmd: list[str], env: dict[str, str] | None = None
-    ) -> Managed:
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Managed:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log_file = log_path.open("ab")
@@ -170,9 +168,7 @@ class Processes:
                 break
             time.sleep(0.05)
         else:
-            log(
-                f"{managed.name} did not stop within {grace:.0f}s: killing its process group"
-            )
+            log(f"{managed.name} did not stop within {grace:.0f}s: killing its process group")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -193,9 +189,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_step(
-    title: str, cmd: list[str], env: dict[str, str] | None = None, timeout: float = 300
-) -> str:
+def run_step(title: str, cmd: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> str:
     """Run a short setup command to completion; raise BenchError with its output on failure."""
     log(f"{title}: {shlex.join(cmd)}")
     try:
@@ -220,14 +214,10 @@ def run_step(
 
 # --------------------------------------------------------------------------- HTTP checks
 
-_OPENER = urllib.request.build_opener(
-    urllib.request.ProxyHandler({})
-)  # never via an HTTP proxy
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
 
 
-def http_request(
-    url: str, body: str | None = None, auth: str | None = None, timeout: float = 5.0
-) -> tuple[int, bytes]:
+def http_request(url: str, body: str | None = None, auth: str | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/json"}
     if auth:
         headers["Authorization"] = auth
@@ -244,9 +234,7 @@ def http_request(
         return int(exc.code), exc.read()
 
 
-def wait_healthy(
-    managed: Managed, url: str, timeout: float, log_marker: str | None = None
-) -> None:
+def wait_healthy(managed: Managed, url: str, timeout: float, log_marker: str | None = None) -> None:
     """Poll ``url`` until it answers 200 (and ``log_marker`` is in the log, if given)."""
     deadline = time.monotonic() + timeout
     last_error = "no answer yet"
@@ -255,22 +243,16 @@ def wait_healthy(
             raise BenchError(
                 f"{managed.name} exited with code {managed.proc.returncode} while starting:\n{managed.log_tail()}"
             )
-        marker_ok = log_marker is None or log_marker in managed.log_path.read_text(
-            errors="replace"
-        )
+        marker_ok = log_marker is None or log_marker in managed.log_path.read_text(errors="replace")
         try:
             status, _ = http_request(url, timeout=2)
             if status == 200 and marker_ok:
                 return
-            last_error = (
-                f"HTTP {status}" if status != 200 else f"{log_marker!r} not printed yet"
-            )
+            last_error = f"HTTP {status}" if status != 200 else f"{log_marker!r} not printed yet"
         except (OSError, urllib.error.URLError) as exc:
             last_error = str(exc)
         time.sleep(0.2)
-    raise BenchError(
-        f"{managed.name} not healthy after {timeout:.0f}s at {url} ({last_error}):\n{managed.log_tail()}"
-    )
+    raise BenchError(f"{managed.name} not healthy after {timeout:.0f}s at {url} ({last_error}):\n{managed.log_tail()}")
 
 
 def check_chat(name: str, url: str, auth: str | None) -> None:
@@ -286,9 +268,7 @@ def check_chat(name: str, url: str, auth: str | None) -> None:
         payload = json.loads(raw)
         content = payload["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise BenchError(
-            f"{name}: check request answered 200 but not a chat completion: {snippet}"
-        ) from exc
+        raise BenchError(f"{name}: check request answered 200 but not a chat completion: {snippet}") from exc
     log(f"{name}: check request OK (HTTP 200, reply {content!r})")
 
 
@@ -319,9 +299,7 @@ def _proc_table() -> dict[int, tuple[int, str, float]]:
 
 def _machine_ticks() -> tuple[int, int]:
     """(busy, total) jiffies over all CPUs."""
-    values = [
-        int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    ]
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
     total = sum(values[:8])
     return total - idle, total
@@ -345,9 +323,7 @@ class CpuSnapshot:
         )
 
 
-def cpu_breakdown(
-    before: CpuSnapshot, after: CpuSnapshot, groups: dict[str, int]
-) -> dict[str, float]:
+def cpu_breakdown(before: CpuSnapshot, after: CpuSnapshot, groups: dict[str, int]) -> dict[str, float]:
     """CPU used between two snapshots, in % of one core, per component.
 
     ``groups`` maps a label to a process group we started; PostgreSQL and Redis are found by
@@ -358,11 +334,12 @@ def cpu_breakdown(
     used: dict[str, float] = dict.fromkeys(groups, 0.0)
     used.update(postgres=0.0, redis=0.0, other=0.0)
     me = os.getpid()
+    others: dict[str, float] = {}
     for pid, (pgid, comm, cpu) in after.procs.items():
         if pid == me:
             continue
         start = before.procs.get(pid)
-        delta = cpu - (start[2] if start and start[1] == comm else 0.0)
+        delta = cpu - (start[2] if start else 0.0)
         if delta <= 0:
             continue
         if pgid in by_group:
@@ -373,14 +350,16 @@ def cpu_breakdown(
             label = "redis"
         else:
             label = "other"
+            others[comm] = others.get(comm, 0.0) + delta
         used[label] += delta
     used["wrk"] = after.children - before.children
     busy = after.machine[0] - before.machine[0]
     total = max(after.machine[1] - before.machine[1], 1)
-    result = {
-        label: round(100.0 * seconds / wall, 1) for label, seconds in used.items()
-    }
+    result = {label: round(100.0 * seconds / wall, 1) for label, seconds in used.items()}
     result["machine_busy_pct"] = round(100.0 * busy / total, 1)  # of all cores
+    for comm, seconds in sorted(others.items(), key=lambda kv: -kv[1])[:3]:
+        if seconds / wall >= 0.05:
+            result[f"other:{comm}"] = round(100.0 * seconds / wall, 1)
     return result
 
 
@@ -424,9 +403,7 @@ def parse_wrk(output: str, target: str, connections: int, threads: int) -> WrkRe
             errs = data["errors"]
             lat = data["latency_us"]
             duration = data["duration_us"] / 1e6
-            socket_errors = {
-                k: int(errs[k]) for k in ("connect", "read", "write", "timeout")
-            }
+            socket_errors = {k: int(errs[k]) for k in ("connect", "read", "write", "timeout")}
             return WrkResult(
                 target=target,
                 connections=connections,
@@ -450,9 +427,7 @@ def parse_wrk(output: str, target: str, connections: int, threads: int) -> WrkRe
         raise BenchError(f"could not parse wrk output:\n{output}")
     total = re.search(r"(\d+) requests in ([\d.]+\w+)", output)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    sock = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     socket_errors = (
         dict(
             zip(
@@ -547,30 +522,18 @@ def ensure_wrk() -> str:
         apt = ["apt-get", "install", "-y", "wrk"]
         if os.geteuid() != 0:
             if not shutil.which("sudo"):
-                raise SystemExit(
-                    "wrk is not installed and this user cannot run apt-get: install wrk first"
-                )
+                raise SystemExit("wrk is not installed and this user cannot run apt-get: install wrk first")
             apt = ["sudo", "-n", *apt]
-        log(
-            f"wrk not found on PATH: installing it with `{shlex.join(apt)}` (Debian package 'wrk')"
-        )
+        log(f"wrk not found on PATH: installing it with `{shlex.join(apt)}` (Debian package 'wrk')")
         if subprocess.run(apt, check=False).returncode != 0:
             update = [*apt[: apt.index("apt-get") + 1], "update"]
-            log(
-                f"apt-get install failed; refreshing package lists with `{shlex.join(update)}` and retrying"
-            )
+            log(f"apt-get install failed; refreshing package lists with `{shlex.join(update)}` and retrying")
             subprocess.run(update, check=True)
             subprocess.run(apt, check=True)
         if not shutil.which("wrk"):
             raise SystemExit("wrk still not on PATH after apt-get install")
-    version = subprocess.run(
-        ["wrk", "--version"], capture_output=True, text=True, check=False
-    )
-    return (
-        (version.stdout + version.stderr).strip().splitlines()[0]
-        if (version.stdout + version.stderr)
-        else "wrk"
-    )
+    version = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    return (version.stdout + version.stderr).strip().splitlines()[0] if (version.stdout + version.stderr) else "wrk"
 
 
 def _litellm_venv_python() -> Path:
@@ -632,9 +595,7 @@ def flush_redis_db(url: str) -> None:
     if not match:
         raise BenchError(f"unexpected REDIS_URL {url}")
     host, port, db = match.group(1), int(match.group(2)), match.group(3)
-    command = (
-        f"*2\r\n$6\r\nSELECT\r\n${len(db)}\r\n{db}\r\n*1\r\n$7\r\nFLUSHDB\r\n".encode()
-    )
+    command = f"*2\r\n$6\r\nSELECT\r\n${len(db)}\r\n{db}\r\n*1\r\n$7\r\nFLUSHDB\r\n".encode()
     try:
         with socket.create_connection((host, port), timeout=5) as sock:
             sock.sendall(command)
@@ -699,9 +660,7 @@ class Bench:
             timeout=30,
             log_marker=f"fake upstream listening on http://{HOST}:{self.upstream_port}",
         )
-        log(
-            f"fake upstream up on port {self.upstream_port} (pid {self.upstream.proc.pid})"
-        )
+        log(f"fake upstream up on port {self.upstream_port} (pid {self.upstream.proc.pid})")
 
     def upstream_groups(self) -> dict[str, int]:
         return {"upstream": self.upstream.pgid} if self.upstream else {}
@@ -723,9 +682,7 @@ class Bench:
             processes=[],
         )
 
-    def _uvicorn(
-        self, name: str, app: str, env: dict[str, str] | None = None
-    ) -> tuple[Managed, int]:
+    def _uvicorn(self, name: str, app: str, env: dict[str, str] | None = None) -> tuple[Managed, int]:
         port = free_port()
         cmd = [
             str(UVICORN),
@@ -743,9 +700,7 @@ class Bench:
     def start_bare_django(self) -> Started:
         server, port = self._uvicorn("bare_django", "bench.bare_django:application")
         wait_healthy(server, f"http://{HOST}:{port}/healthz", timeout=60)
-        return Started(
-            f"http://{HOST}:{port}{CHAT_PATH}", None, {"server": server.pgid}, [server]
-        )
+        return Started(f"http://{HOST}:{port}{CHAT_PATH}", None, {"server": server.pgid}, [server])
 
     def gateway_env(self) -> dict[str, str]:
         env = {
@@ -760,9 +715,7 @@ class Bench:
         return env
 
     def start_gateway(self) -> Started:
-        missing = [
-            p for p in ("manage.py", "muxer_project/asgi.py") if not (REPO / p).exists()
-        ]
+        missing = [p for p in ("manage.py", "muxer_project/asgi.py") if not (REPO / p).exists()]
         if missing:
             raise BenchError(f"gateway not available yet: missing {', '.join(missing)}")
         env = self.gateway_env()
@@ -785,23 +738,15 @@ class Bench:
         if created.returncode == 0:
             log("created database muxer_bench")
         elif "already exists" not in created.stderr:
-            raise BenchError(
-                f"create database muxer_bench failed: {created.stderr.strip()}"
-            )
+            raise BenchError(f"create database muxer_bench failed: {created.stderr.strip()}")
         run_step("migrate", [str(PYTHON), "manage.py", "migrate", "--noinput"], env=env)
         run_step("demo_setup", [str(PYTHON), "manage.py", "demo_setup"], env=env)
         flush_redis_db(REDIS_URL)
-        writer = self.procs.start(
-            "usage_writer", [str(PYTHON), "manage.py", "usage_writer"], env=env
-        )
-        server, port = self._uvicorn(
-            "gateway", "muxer_project.asgi:application", env=env
-        )
+        writer = self.procs.start("usage_writer", [str(PYTHON), "manage.py", "usage_writer"], env=env)
+        server, port = self._uvicorn("gateway", "muxer_project.asgi:application", env=env)
         wait_healthy(server, f"http://{HOST}:{port}/healthz", timeout=90)
         if writer.proc.poll() is not None:
-            raise BenchError(
-                f"usage_writer exited with code {writer.proc.returncode}:\n{writer.log_tail()}"
-            )
+            raise BenchError(f"usage_writer exited with code {writer.proc.returncode}:\n{writer.log_tail()}")
         return Started(
             f"http://{HOST}:{port}{CHAT_PATH}",
             f"Bearer {env['MUXER_DEMO_API_KEY']}",
@@ -863,9 +808,7 @@ class Bench:
             groups = {**self.upstream_groups(), **started.groups}
             if self.args.warmup > 0:
                 log(f"{name}: warm-up {self.args.warmup:g}s at {HIGH_LOAD} connections")
-                self.wrk.run(
-                    name, started.url, started.auth, HIGH_LOAD, 2, self.args.warmup
-                )
+                self.wrk.run(name, started.url, started.auth, HIGH_LOAD, 2, self.args.warmup)
             results = []
             for connections, threads in LOADS:
                 time.sleep(1)
@@ -888,9 +831,7 @@ class Bench:
                 results.append(result)
             for managed in started.processes:
                 if managed.proc.poll() is not None:
-                    log(
-                        f"WARNING: {managed.name} exited during the run (code {managed.proc.returncode})"
-                    )
+                    log(f"WARNING: {managed.name} exited during the run (code {managed.proc.returncode})")
             return results
         finally:
             for managed in reversed(started.processes):
@@ -908,9 +849,7 @@ def _find(results: list[WrkResult], target: str, connections: int) -> WrkResult 
 
 
 def compute_ratios(results: list[WrkResult]) -> list[dict[str, Any]]:
-    def ratio(
-        name: str, num: WrkResult | None, den: WrkResult | None, goal: float, kind: str
-    ) -> dict[str, Any]:
+    def ratio(name: str, num: WrkResult | None, den: WrkResult | None, goal: float, kind: str) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "name": name,
             "goal": goal,
@@ -964,11 +903,10 @@ def compute_ratios(results: list[WrkResult]) -> list[dict[str, Any]]:
 
 def _cpu_summary(cpu: dict[str, float]) -> str:
     order = ["server", "usage_writer", "upstream", "wrk", "postgres", "redis", "other"]
-    parts = [
-        f"{label} {cpu[label]:.0f}%"
-        for label in order
-        if label in cpu and (cpu[label] >= 1 or label == "server")
-    ]
+    parts = [f"{label} {cpu[label]:.0f}%" for label in order if label in cpu and (cpu[label] >= 1 or label == "server")]
+    top_other = [f"{k.removeprefix('other:')} {v:.0f}%" for k, v in cpu.items() if k.startswith("other:")]
+    if top_other:
+        parts.append(f"(other: {', '.join(top_other)})")
     return ", ".join(parts) + f" | box {cpu.get('machine_busy_pct', 0):.0f}% busy"
 
 
@@ -988,9 +926,7 @@ def print_report(
     print("-" * len(header))
     for name in TARGETS:
         if name in failures:
-            print(
-                f"{TARGET_LABELS[name]:<24} {'FAILED: ' + failures[name].splitlines()[0]}"
-            )
+            print(f"{TARGET_LABELS[name]:<24} {'FAILED: ' + failures[name].splitlines()[0]}")
             continue
         for connections, _ in LOADS:
             r = _find(results, name, connections)
@@ -1002,27 +938,19 @@ def print_report(
                 f"{r.p99_ms:>8.2f} {r.errors:>7}{flag}"
             )
     print()
-    print(
-        "CPU during each measured run (% of one core; 'server' = the target's own processes):"
-    )
+    print("CPU during each measured run (% of one core; 'server' = the target's own processes):")
     for r in results:
         print(f"  {r.target:<12} @{r.connections:<3} {_cpu_summary(r.cpu_pct)}")
     print()
     print("Ratios the project is judged on:")
     for entry in ratios:
         value = "n/a" if entry["value"] is None else f"{entry['value']:.2f}"
-        goal = (
-            f">= {entry['goal']:g}"
-            if entry["kind"] == "ratio"
-            else f"<= {entry['goal']:g} ms"
-        )
+        goal = f">= {entry['goal']:g}" if entry["kind"] == "ratio" else f"<= {entry['goal']:g} ms"
         print(f"  {entry['name']:<48} {value:>8}   (target {goal})  {entry['status']}")
     errored = [f"{r.target}@{r.connections}" for r in results if r.errors]
     if errored:
         print()
-        print(
-            f"WARNING: runs with errors (non-2xx or socket errors): {', '.join(errored)} - their numbers are suspect"
-        )
+        print(f"WARNING: runs with errors (non-2xx or socket errors): {', '.join(errored)} - their numbers are suspect")
     for name, message in failures.items():
         print()
         print(f"FAILED {name}: {message}")
@@ -1040,9 +968,7 @@ def git_head() -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--workers",
         type=int,
@@ -1164,9 +1090,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {**bench.versions, "git_head": git_head()},
         "results": [asdict(r) for r in results],
         "ratios": ratios,
-        "runs_with_errors": [
-            f"{r.target}@{r.connections}" for r in results if r.errors
-        ],
+        "runs_with_errors": [f"{r.target}@{r.connections}" for r in results if r.errors],
         "failures": failures,
         "logs": str(log_dir.relative_to(REPO)),
     }

@@ -2,5 +2,5 @@ from django.apps import AppConfig
 
 
 class BillingConfig(AppConfig):
-    default_auto_field = 'django.db.models.BigAutoField'
-    name = 'billing'
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "billing"

@@ -12,8 +12,8 @@ events are written straight to the database in a worker thread.
 from __future__ import annotations
 
 import logging
-import socket
 import os
+import socket
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -91,9 +91,9 @@ def usage_write_batch(events: list[UsageEvent]) -> int:
     with transaction.atomic():
         UsageRecord.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
         for key_id, used_at in last_used.items():
-            APIKey.objects.filter(pk=key_id).filter(
-                Q(last_used_at__isnull=True) | Q(last_used_at__lt=used_at)
-            ).update(last_used_at=used_at)
+            APIKey.objects.filter(pk=key_id).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=used_at)).update(
+                last_used_at=used_at
+            )
     return len(rows)
 
 
@@ -118,7 +118,7 @@ async def usage_emit(event: UsageEvent) -> None:
 def _ensure_group() -> None:
     try:
         sync_redis().xgroup_create(settings.MUXER_USAGE_STREAM, GROUP, id="0", mkstream=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if "BUSYGROUP" not in str(exc):
             raise
 
@@ -163,5 +163,3 @@ def usage_pending() -> int:
 
 
 __all__ = ["UsageEvent", "usage_drain", "usage_emit", "usage_pending", "usage_write_batch"]
-
-

@@ -6,7 +6,8 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from accounts import api as accounts_api
-from routing import errors, views as routing_views
+from routing import errors
+from routing import views as routing_views
 
 urlpatterns = [
     path("healthz", routing_views.healthz, name="healthz"),
@@ -19,9 +20,7 @@ urlpatterns = [
     path("api/orgs/<slug:org>/", accounts_api.OrganizationDetailView.as_view(), name="org-detail"),
     path("api/orgs/<slug:org>/keys/", accounts_api.APIKeyListView.as_view(), name="key-list"),
     path("api/orgs/<slug:org>/keys/<int:key_id>/", accounts_api.APIKeyDetailView.as_view(), name="key-detail"),
-    path(
-        "api/orgs/<slug:org>/keys/<int:key_id>/revoke/", accounts_api.APIKeyRevokeView.as_view(), name="key-revoke"
-    ),
+    path("api/orgs/<slug:org>/keys/<int:key_id>/revoke/", accounts_api.APIKeyRevokeView.as_view(), name="key-revoke"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("admin/", admin.site.urls),
 ]

@@ -45,9 +45,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Literal, TypedDict
 
-ProviderSlug = Literal[
-    "openai", "anthropic", "mistral", "gemini", "groq", "together", "cohere"
-]
+ProviderSlug = Literal["openai", "anthropic", "mistral", "gemini", "groq", "together", "cohere"]
 WireFormatName = Literal["openai", "anthropic", "gemini", "cohere"]
 ModelKindName = Literal["chat", "embedding"]
 

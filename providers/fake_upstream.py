@@ -117,9 +117,7 @@ _SSE_DONE = b"data: [DONE]\n\n"
 _ROLE_DELTA = b'{"role":"assistant","content":"","refusal":null}'
 _CHOICE_OPEN_TAIL = b',"logprobs":null,"finish_reason":null}]'
 _MIDSTREAM_ERROR = {
-    "message": (
-        "The server had an error while processing your request. Sorry about that!"
-    ),
+    "message": ("The server had an error while processing your request. Sorry about that!"),
     "type": "server_error",
     "param": None,
     "code": "server_error",
@@ -187,9 +185,7 @@ class Controls:
             elif key == "words":
                 self.words = _parse_count(raw)
             else:
-                raise BadRequestError(
-                    f"Unknown fake directive {key!r} in {source}.", "messages"
-                )
+                raise BadRequestError(f"Unknown fake directive {key!r} in {source}.", "messages")
         except ValueError:
             raise BadRequestError(
                 f"Invalid value {raw!r} for fake directive {key!r} in {source}.",
@@ -239,14 +235,10 @@ def _lorem(count: int) -> tuple[str, ...]:
 
 
 def _error_body(message: str, type_: str, param: str | None, code: str | None) -> bytes:
-    return orjson.dumps(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    )
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
-def _injected_error(
-    status: int, model: str, retry_after: str | None
-) -> tuple[bytes, Headers]:
+def _injected_error(status: int, model: str, retry_after: str | None) -> tuple[bytes, Headers]:
     """An error body resembling what OpenAI returns for that status."""
     extra: Headers = []
     if status == 429:
@@ -265,9 +257,7 @@ def _injected_error(
             (b"x-ratelimit-reset-requests", wait.encode() + b"s"),
         ]
     elif status == 400:
-        body = _error_body(
-            "Injected fake bad request.", "invalid_request_error", None, None
-        )
+        body = _error_body("Injected fake bad request.", "invalid_request_error", None, None)
     elif status == 401:
         body = _error_body(
             "Incorrect API key provided: sk-fake****. You can find your API key at "
@@ -305,9 +295,7 @@ def _injected_error(
             None,
         )
     elif status >= 500:
-        body = _error_body(
-            f"Injected fake upstream error (HTTP {status}).", "server_error", None, None
-        )
+        body = _error_body(f"Injected fake upstream error (HTTP {status}).", "server_error", None, None)
     else:
         body = _error_body(
             f"Injected fake client error (HTTP {status}).",
@@ -329,13 +317,9 @@ def _message_text(content: Any, index: int) -> str:
         return " ".join(
             part["text"]
             for part in content
-            if isinstance(part, dict)
-            and part.get("type") == "text"
-            and isinstance(part.get("text"), str)
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
         )
-    raise BadRequestError(
-        f"Invalid type for 'messages[{index}].content'.", f"messages.[{index}].content"
-    )
+    raise BadRequestError(f"Invalid type for 'messages[{index}].content'.", f"messages.[{index}].content")
 
 
 def _max_words(data: dict[str, Any]) -> int | None:
@@ -361,9 +345,7 @@ def _tool_name(data: dict[str, Any], last_is_user: bool, text: str) -> str | Non
     function = first.get("function") if isinstance(first, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str) or not name:
-        raise BadRequestError(
-            "Invalid 'tools[0]': expected {type: function, function: {name}}.", "tools"
-        )
+        raise BadRequestError("Invalid 'tools[0]': expected {type: function, function: {name}}.", "tools")
     choice = data.get("tool_choice")
     if choice == "none":
         return None
@@ -434,9 +416,7 @@ class Stats:
                 if name == "authorization":
                     continue
                 value = raw_value.decode("latin-1")
-                decoded[name] = (
-                    f"{decoded[name]}, {value}" if name in decoded else value
-                )
+                decoded[name] = f"{decoded[name]}, {value}" if name in decoded else value
             try:
                 parsed_body: Any = orjson.loads(body)
             except orjson.JSONDecodeError:
@@ -531,21 +511,15 @@ class FakeUpstream:
                 return
         elif path == "/_fake/stats":
             if method == "GET":
-                await _send_json(
-                    send, 200, orjson.dumps(self.stats.as_dict()), _JSON_HEADERS
-                )
+                await _send_json(send, 200, orjson.dumps(self.stats.as_dict()), _JSON_HEADERS)
                 return
         elif path == "/_fake/reset":
             if method == "POST":
                 self.stats = Stats()
-                await _send_json(
-                    send, 200, orjson.dumps(self.stats.as_dict()), _JSON_HEADERS
-                )
+                await _send_json(send, 200, orjson.dumps(self.stats.as_dict()), _JSON_HEADERS)
                 return
         else:
-            body = _error_body(
-                f"Invalid URL ({method} {path})", "invalid_request_error", None, None
-            )
+            body = _error_body(f"Invalid URL ({method} {path})", "invalid_request_error", None, None)
             await _send_json(send, 404, body, _JSON_HEADERS)
             return
         body = _error_body(
@@ -605,9 +579,7 @@ class FakeUpstream:
                 if not authorization
                 else "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
             )
-            body = _error_body(
-                message, "invalid_request_error", None, "invalid_api_key"
-            )
+            body = _error_body(message, "invalid_request_error", None, "invalid_api_key")
             await self._respond(send, 401, body, request_id, started, [])
             return
 
@@ -624,9 +596,7 @@ class FakeUpstream:
             await asyncio.sleep(controls.latency_ms / 1000)
         if controls.status is not None:
             stats.errors += 1
-            body, extra = _injected_error(
-                controls.status, plan.model, controls.retry_after
-            )
+            body, extra = _injected_error(controls.status, plan.model, controls.retry_after)
             await self._respond(send, controls.status, body, request_id, started, extra)
             return
 
@@ -650,9 +620,7 @@ class FakeUpstream:
             for name, value in fake_headers:
                 key = _HEADER_KEYS.get(name)
                 if key is None:
-                    raise BadRequestError(
-                        f"Unknown fake header {name.decode('latin-1')!r}.", None
-                    )
+                    raise BadRequestError(f"Unknown fake header {name.decode('latin-1')!r}.", None)
                 controls.set(key, value.decode("latin-1").strip(), "header")
 
         try:
@@ -700,16 +668,13 @@ class FakeUpstream:
         if stream is None:
             stream = False
         elif type(stream) is not bool:
-            raise BadRequestError(
-                "Invalid type for 'stream': expected a boolean.", "stream"
-            )
+            raise BadRequestError("Invalid type for 'stream': expected a boolean.", "stream")
         include_usage = False
         stream_options = data.get("stream_options")
         if stream_options is not None:
             if not stream:
                 raise BadRequestError(
-                    "The 'stream_options' parameter is only allowed when 'stream' "
-                    "is enabled.",
+                    "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
                     "stream_options",
                 )
             if not isinstance(stream_options, dict):
@@ -769,23 +734,17 @@ class FakeUpstream:
             ),
             *extra,
         ]
-        await send(
-            {"type": "http.response.start", "status": status, "headers": headers}
-        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _stream(
-        self, plan: Plan, receive: Receive, send: Send, request_id: str, started: float
-    ) -> None:
+    async def _stream(self, plan: Plan, receive: Receive, send: Send, request_id: str, started: float) -> None:
         stats = self.stats
         controls = plan.controls
         events = plan.stream_events()
         failing = controls.fail_after_chunks is not None
         if failing:
             events = events[: controls.fail_after_chunks]
-            events.append(
-                b"data: " + orjson.dumps({"error": _MIDSTREAM_ERROR}) + b"\n\n"
-            )
+            events.append(b"data: " + orjson.dumps({"error": _MIDSTREAM_ERROR}) + b"\n\n")
         else:
             events.append(_SSE_DONE)
 
@@ -815,9 +774,7 @@ class FakeUpstream:
                     if watcher.done():
                         stats.streams_aborted += 1
                         return
-                    await send(
-                        {"type": "http.response.body", "body": event, "more_body": True}
-                    )
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
             finally:
                 watcher.cancel()
@@ -962,9 +919,7 @@ class Plan:
                     "tool_calls": [
                         {
                             "index": 0,
-                            "function": {
-                                "arguments": TOOL_ARGUMENTS[offset : offset + step]
-                            },
+                            "function": {"arguments": TOOL_ARGUMENTS[offset : offset + step]},
                         }
                     ]
                 }
@@ -1027,9 +982,7 @@ def serve(host: str, port: int, latency_ms: float = 0, workers: int = 1) -> None
     else:
         # Worker processes are spawned and can only import the app by name.
         os.environ[LATENCY_ENV] = repr(float(latency_ms))
-        config = uvicorn.Config(
-            "providers.fake_upstream:app", workers=workers, **options
-        )
+        config = uvicorn.Config("providers.fake_upstream:app", workers=workers, **options)
     # uvicorn.run() has no hook after binding, so bind here as it does internally, and
     # listen at once so the announced address accepts connections immediately.
     sock = config.bind_socket()
@@ -1049,9 +1002,7 @@ def serve(host: str, port: int, latency_ms: float = 0, workers: int = 1) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m providers.fake_upstream", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m providers.fake_upstream", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument(

@@ -2,5 +2,5 @@ from django.apps import AppConfig
 
 
 class RoutingConfig(AppConfig):
-    default_auto_field = 'django.db.models.BigAutoField'
-    name = 'routing'
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "routing"

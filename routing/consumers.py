@@ -58,10 +58,12 @@ class GatewayConsumer(AsyncConsumer):
         self.started = time.perf_counter()
         self.request_id = f"req_{uuid.uuid4().hex}"
         self.response_started = False
+        self.response_complete = False
         try:
             if scope["method"] not in self.methods:
                 raise APIError(
-                    405, f"{scope['method']} is not allowed here; use {', '.join(sorted(self.methods))}.",
+                    405,
+                    f"{scope['method']} is not allowed here; use {', '.join(sorted(self.methods))}.",
                     code="method_not_allowed",
                 )
             body = await self._read_body(receive, settings.MUXER_MAX_BODY_BYTES)
@@ -72,13 +74,15 @@ class GatewayConsumer(AsyncConsumer):
             return
         work = asyncio.ensure_future(self._run(body))
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-        done, _pending = await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-        if work in done:
-            watcher.cancel()
-        else:
+        await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not work.done() and not self.response_complete:
+            # The client left mid-response: stop the work, which stops the upstream call.
             work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+        # Servers report a disconnect once the response is complete, too; then the
+        # remaining work (recording usage) just finishes.
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        watcher.cancel()
 
     async def _read_body(self, receive: ASGIReceiveCallable, limit: int) -> bytes | None:
         length = self.header(b"content-length")
@@ -136,6 +140,8 @@ class GatewayConsumer(AsyncConsumer):
 
     async def send_body(self, body: bytes, *, more: bool = False) -> None:
         await self._send({"type": "http.response.body", "body": body, "more_body": more})
+        if not more:
+            self.response_complete = True
 
     async def send_json(self, status: int, body: bytes, headers: Headers | None = None) -> None:
         await self.start_response(status, JSON, headers or [])

@@ -54,15 +54,20 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 
 def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse(
-        {"error": {"message": f"No route for {request.path}.", "type": "invalid_request_error", "param": None,
-                   "code": "not_found"}},
+        {
+            "error": {
+                "message": f"No route for {request.path}.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "not_found",
+            }
+        },
         status=404,
     )
 
 
 def json_500(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
-        {"error": {"message": "The gateway failed unexpectedly.", "type": "server_error", "param": None,
-                   "code": None}},
+        {"error": {"message": "The gateway failed unexpectedly.", "type": "server_error", "param": None, "code": None}},
         status=500,
     )

@@ -146,13 +146,9 @@ def _check_messages(messages: Any) -> bool:
             raise invalid_request(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
         role = message.get("role")
         if role not in ROLES:
-            raise invalid_request(
-                f"'messages[{i}].role' must be one of {sorted(ROLES)}.", param=f"messages[{i}].role"
-            )
+            raise invalid_request(f"'messages[{i}].role' must be one of {sorted(ROLES)}.", param=f"messages[{i}].role")
         if role == "assistant" and message.get("content") is None and not message.get("tool_calls"):
-            raise invalid_request(
-                f"'messages[{i}]' needs 'content' or 'tool_calls'.", param=f"messages[{i}].content"
-            )
+            raise invalid_request(f"'messages[{i}]' needs 'content' or 'tool_calls'.", param=f"messages[{i}].content")
         has_images |= _check_content(message.get("content"), i, role)
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
             raise invalid_request(
@@ -231,7 +227,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise invalid_request("'user' must be a string.", param="user")
     stop = payload.get("stop")
     if stop is not None and not (
-        isinstance(stop, str) or isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)
+        isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
     ):
         raise invalid_request("'stop' must be a string or an array of at most 4 strings.", param="stop")
 

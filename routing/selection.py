@@ -62,9 +62,7 @@ def select_model(*, catalog: Catalog, identity: KeyIdentity, request: ChatReques
                 code="no_model_available",
                 param="model",
             )
-        return min(
-            candidates, key=lambda m: (m.input_price_per_mtok_usd + m.output_price_per_mtok_usd, m.name)
-        )
+        return min(candidates, key=lambda m: (m.input_price_per_mtok_usd + m.output_price_per_mtok_usd, m.name))
 
     model = catalog.get(request.model)
     if model is None or model.kind != ModelKind.CHAT:

@@ -6,41 +6,80 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='UsageRecord',
+            name="UsageRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('request_id', models.CharField(max_length=64, unique=True)),
-                ('model', models.CharField(max_length=120)),
-                ('provider', models.CharField(max_length=40)),
-                ('input_tokens', models.PositiveIntegerField(default=0)),
-                ('output_tokens', models.PositiveIntegerField(default=0)),
-                ('cached_input_tokens', models.PositiveIntegerField(default=0)),
-                ('reasoning_tokens', models.PositiveIntegerField(default=0)),
-                ('usage_estimated', models.BooleanField(default=False, help_text='The provider reported no usage; counts are ours.')),
-                ('cost_usd', models.DecimalField(decimal_places=10, default=0, max_digits=20)),
-                ('latency_ms', models.PositiveIntegerField(default=0)),
-                ('status', models.CharField(choices=[('ok', 'OK'), ('error', 'Error'), ('client_disconnected', 'Client disconnected')], max_length=24)),
-                ('http_status', models.PositiveSmallIntegerField()),
-                ('error_code', models.CharField(blank=True, max_length=64)),
-                ('stream', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(db_index=True)),
-                ('api_key', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.apikey')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.organization')),
-                ('team', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='accounts.team')),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("request_id", models.CharField(max_length=64, unique=True)),
+                ("model", models.CharField(max_length=120)),
+                ("provider", models.CharField(max_length=40)),
+                ("input_tokens", models.PositiveIntegerField(default=0)),
+                ("output_tokens", models.PositiveIntegerField(default=0)),
+                ("cached_input_tokens", models.PositiveIntegerField(default=0)),
+                ("reasoning_tokens", models.PositiveIntegerField(default=0)),
+                (
+                    "usage_estimated",
+                    models.BooleanField(default=False, help_text="The provider reported no usage; counts are ours."),
+                ),
+                ("cost_usd", models.DecimalField(decimal_places=10, default=0, max_digits=20)),
+                ("latency_ms", models.PositiveIntegerField(default=0)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("ok", "OK"), ("error", "Error"), ("client_disconnected", "Client disconnected")],
+                        max_length=24,
+                    ),
+                ),
+                ("http_status", models.PositiveSmallIntegerField()),
+                ("error_code", models.CharField(blank=True, max_length=64)),
+                ("stream", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(db_index=True)),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="accounts.apikey"
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="accounts.organization"
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="accounts.team",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['organization', 'created_at'], name='billing_usa_organiz_56fd89_idx'), models.Index(fields=['api_key', 'created_at'], name='billing_usa_api_key_33623f_idx')],
+                "indexes": [
+                    models.Index(fields=["organization", "created_at"], name="billing_usa_organiz_56fd89_idx"),
+                    models.Index(fields=["api_key", "created_at"], name="billing_usa_api_key_33623f_idx"),
+                ],
             },
         ),
     ]

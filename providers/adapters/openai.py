@@ -72,9 +72,7 @@ def error_from_response(status: int, content: bytes, headers: httpx.Headers, pro
 
 def error_from_exception(exc: httpx.HTTPError, provider: str) -> ProviderError:
     if isinstance(exc, httpx.TimeoutException):
-        return ProviderError(
-            f"{provider} did not answer in time.", status=504, retryable=True, code="upstream_timeout"
-        )
+        return ProviderError(f"{provider} did not answer in time.", status=504, retryable=True, code="upstream_timeout")
     return ProviderError(f"Could not reach {provider}: {type(exc).__name__}.", status=502, retryable=True)
 
 

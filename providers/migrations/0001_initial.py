@@ -5,49 +5,83 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Provider',
+            name="Provider",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(max_length=40, unique=True)),
-                ('name', models.CharField(max_length=100)),
-                ('wire_format', models.CharField(choices=[('openai', 'OpenAI chat completions'), ('anthropic', 'Anthropic messages'), ('gemini', 'Google Gemini generateContent'), ('cohere', 'Cohere v2 chat')], max_length=16)),
-                ('base_url', models.URLField(help_text='Default API base; MUXER_<SLUG>_BASE_URL overrides it.')),
-                ('api_key_env', models.CharField(blank=True, help_text='Environment variable holding the credential; blank needs none.', max_length=64)),
-                ('pricing_url', models.URLField(blank=True)),
-                ('enabled', models.BooleanField(default=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("slug", models.SlugField(max_length=40, unique=True)),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "wire_format",
+                    models.CharField(
+                        choices=[
+                            ("openai", "OpenAI chat completions"),
+                            ("anthropic", "Anthropic messages"),
+                            ("gemini", "Google Gemini generateContent"),
+                            ("cohere", "Cohere v2 chat"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("base_url", models.URLField(help_text="Default API base; MUXER_<SLUG>_BASE_URL overrides it.")),
+                (
+                    "api_key_env",
+                    models.CharField(
+                        blank=True,
+                        help_text="Environment variable holding the credential; blank needs none.",
+                        max_length=64,
+                    ),
+                ),
+                ("pricing_url", models.URLField(blank=True)),
+                ("enabled", models.BooleanField(default=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Model',
+            name="Model",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text='The id clients send and the provider accepts.', max_length=120, unique=True)),
-                ('kind', models.CharField(choices=[('chat', 'Chat'), ('embedding', 'Embedding')], default='chat', max_length=16)),
-                ('input_price_per_mtok_usd', models.DecimalField(decimal_places=6, max_digits=12)),
-                ('output_price_per_mtok_usd', models.DecimalField(decimal_places=6, max_digits=12)),
-                ('cached_input_price_per_mtok_usd', models.DecimalField(blank=True, decimal_places=6, max_digits=12, null=True)),
-                ('context_window', models.PositiveIntegerField()),
-                ('max_output_tokens', models.PositiveIntegerField()),
-                ('supports_streaming', models.BooleanField(default=True)),
-                ('supports_tools', models.BooleanField(default=False)),
-                ('supports_vision', models.BooleanField(default=False)),
-                ('supports_json_mode', models.BooleanField(default=False)),
-                ('enabled', models.BooleanField(default=True)),
-                ('price_source', models.URLField(blank=True)),
-                ('price_as_of', models.DateField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('provider', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='models', to='providers.provider')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "name",
+                    models.CharField(
+                        help_text="The id clients send and the provider accepts.", max_length=120, unique=True
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("chat", "Chat"), ("embedding", "Embedding")], default="chat", max_length=16
+                    ),
+                ),
+                ("input_price_per_mtok_usd", models.DecimalField(decimal_places=6, max_digits=12)),
+                ("output_price_per_mtok_usd", models.DecimalField(decimal_places=6, max_digits=12)),
+                (
+                    "cached_input_price_per_mtok_usd",
+                    models.DecimalField(blank=True, decimal_places=6, max_digits=12, null=True),
+                ),
+                ("context_window", models.PositiveIntegerField()),
+                ("max_output_tokens", models.PositiveIntegerField()),
+                ("supports_streaming", models.BooleanField(default=True)),
+                ("supports_tools", models.BooleanField(default=False)),
+                ("supports_vision", models.BooleanField(default=False)),
+                ("supports_json_mode", models.BooleanField(default=False)),
+                ("enabled", models.BooleanField(default=True)),
+                ("price_source", models.URLField(blank=True)),
+                ("price_as_of", models.DateField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "provider",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="models", to="providers.provider"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['provider__slug', 'name'],
+                "ordering": ["provider__slug", "name"],
             },
         ),
     ]

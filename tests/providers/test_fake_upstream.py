@@ -119,9 +119,7 @@ def http(upstream: Upstream) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def sdk(upstream: Upstream) -> openai.OpenAI:
     # No retries: the tests inject 429/5xx and must see them once.
-    return openai.OpenAI(
-        base_url=f"{upstream.base_url}/v1", api_key="sk-test", max_retries=0, timeout=10
-    )
+    return openai.OpenAI(base_url=f"{upstream.base_url}/v1", api_key="sk-test", max_retries=0, timeout=10)
 
 
 def _messages(question: str = QUESTION) -> list[ChatCompletionMessageParam]:
@@ -131,9 +129,7 @@ def _messages(question: str = QUESTION) -> list[ChatCompletionMessageParam]:
     ]
 
 
-def _chat(
-    http: httpx.Client, payload: dict[str, Any], **headers: str
-) -> httpx.Response:
+def _chat(http: httpx.Client, payload: dict[str, Any], **headers: str) -> httpx.Response:
     return http.post("/v1/chat/completions", json=payload, headers={**AUTH, **headers})
 
 
@@ -159,9 +155,7 @@ def _stats(http: httpx.Client) -> dict[str, Any]:
 
 
 def test_announces_bound_address(upstream: Upstream) -> None:
-    assert upstream.announcement == (
-        f"fake upstream listening on http://127.0.0.1:{upstream.port}\n"
-    )
+    assert upstream.announcement == (f"fake upstream listening on http://127.0.0.1:{upstream.port}\n")
 
 
 def test_healthz_models_and_unknown_path(http: httpx.Client) -> None:
@@ -259,9 +253,7 @@ def test_non_streaming_via_sdk_with_content_parts(sdk: openai.OpenAI) -> None:
         ],
     )
     assert completion.model == "fake-large"
-    assert (
-        completion.choices[0].message.content == "Fake reply to: Describe this picture"
-    )
+    assert completion.choices[0].message.content == "Fake reply to: Describe this picture"
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage is not None
     # Text parts joined with one space: 21 chars -> ceil(21 / 4) = 6.
@@ -273,9 +265,7 @@ def test_non_streaming_via_sdk_with_content_parts(sdk: openai.OpenAI) -> None:
 
 
 def test_stream_via_sdk_without_usage(sdk: openai.OpenAI) -> None:
-    with sdk.chat.completions.create(
-        model="fake-small", messages=_messages(), stream=True
-    ) as stream:
+    with sdk.chat.completions.create(model="fake-small", messages=_messages(), stream=True) as stream:
         chunks = list(stream)
 
     # role chunk + one per word + finish chunk; no usage chunk.
@@ -327,9 +317,7 @@ def test_stream_raw_sse_framing(http: httpx.Client, include_usage: bool) -> None
     }
     if include_usage:
         payload["stream_options"] = {"include_usage": True}
-    with http.stream(
-        "POST", "/v1/chat/completions", json=payload, headers=AUTH
-    ) as response:
+    with http.stream("POST", "/v1/chat/completions", json=payload, headers=AUTH) as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/event-stream"
         assert response.headers["x-request-id"].startswith("req_")
@@ -357,19 +345,13 @@ def test_stream_raw_sse_framing(http: httpx.Client, include_usage: bool) -> None
         assert len(chunks) == EXPECTED_COMPLETION_TOKENS + 2
         assert all("usage" not in chunk for chunk in chunks)
         finish = chunks[-1]
-    assert finish["choices"] == [
-        {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
-    ]
+    assert finish["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]
     assert len({chunk["id"] for chunk in chunks}) == 1
     assert len({chunk["created"] for chunk in chunks}) == 1
 
 
-def test_max_tokens_truncates_with_length(
-    sdk: openai.OpenAI, http: httpx.Client
-) -> None:
-    completion = sdk.chat.completions.create(
-        model="fake-small", messages=_messages(), max_tokens=3
-    )
+def test_max_tokens_truncates_with_length(sdk: openai.OpenAI, http: httpx.Client) -> None:
+    completion = sdk.chat.completions.create(model="fake-small", messages=_messages(), max_tokens=3)
     assert completion.choices[0].message.content == "Fake reply to:"
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None
@@ -572,9 +554,7 @@ def test_status_429_with_retry_after(http: httpx.Client, sdk: openai.OpenAI) -> 
         http,
         {
             "model": "fake-small",
-            "messages": [
-                {"role": "user", "content": "hi [fake status=429 retry_after=2]"}
-            ],
+            "messages": [{"role": "user", "content": "hi [fake status=429 retry_after=2]"}],
         },
     )
     via_header = _chat(
@@ -609,9 +589,7 @@ def test_directive_overrides_header_and_is_stripped(http: httpx.Client) -> None:
         **{"x-fake-status": "500"},
     )
     assert response.status_code == 200
-    assert (
-        response.json()["choices"][0]["message"]["content"] == "Fake reply to: Hi there"
-    )
+    assert response.json()["choices"][0]["message"]["content"] == "Fake reply to: Hi there"
 
 
 def test_words_directive(http: httpx.Client) -> None:
@@ -642,20 +620,14 @@ def test_latency(http: httpx.Client) -> None:
     assert time.monotonic() - started >= 0.2
 
 
-def test_fail_after_chunks_mid_stream_error(
-    http: httpx.Client, sdk: openai.OpenAI
-) -> None:
+def test_fail_after_chunks_mid_stream_error(http: httpx.Client, sdk: openai.OpenAI) -> None:
     _reset(http)
     payload = {
         "model": "fake-small",
         "stream": True,
-        "messages": [
-            {"role": "user", "content": "Tell me a story [fake fail_after_chunks=3]"}
-        ],
+        "messages": [{"role": "user", "content": "Tell me a story [fake fail_after_chunks=3]"}],
     }
-    with http.stream(
-        "POST", "/v1/chat/completions", json=payload, headers=AUTH
-    ) as response:
+    with http.stream("POST", "/v1/chat/completions", json=payload, headers=AUTH) as response:
         assert response.status_code == 200
         raw = response.read().decode()
     events = _sse_events(raw)
@@ -681,9 +653,7 @@ def test_fail_after_chunks_mid_stream_error(
         sdk.chat.completions.create(
             model="fake-small",
             stream=True,
-            messages=[
-                {"role": "user", "content": "Tell me [fake fail_after_chunks=2]"}
-            ],
+            messages=[{"role": "user", "content": "Tell me [fake fail_after_chunks=2]"}],
         ) as stream,
     ):
         for _chunk in stream:
@@ -702,14 +672,10 @@ def test_stats_count_aborted_stream(http: httpx.Client) -> None:
     payload = {
         "model": "fake-small",
         "stream": True,
-        "messages": [
-            {"role": "user", "content": "Long [fake chunk_delay_ms=20 words=200]"}
-        ],
+        "messages": [{"role": "user", "content": "Long [fake chunk_delay_ms=20 words=200]"}],
     }
     data_lines = 0
-    with http.stream(
-        "POST", "/v1/chat/completions", json=payload, headers=AUTH
-    ) as response:
+    with http.stream("POST", "/v1/chat/completions", json=payload, headers=AUTH) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("data: "):

@@ -1,0 +1,237 @@
+"""Shared fixtures: the cast (owner, member, outsider), the catalog, and live servers.
+
+Services: tests marked ``redis`` or ``postgres`` need the real thing. Locally
+they skip when it is not configured; under CI (``CI`` set) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from accounts.auth import forget_cached_keys
+from accounts.models import Organization, Role, User
+from providers.catalog import forget_catalog
+from providers.services import catalog_sync_defaults
+
+from .factories import MembershipFactory, OrganizationFactory, UserFactory, issue_key
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = bool(os.environ.get("CI"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing: dict[str, str] = {}
+    if not settings.REDIS_URL:
+        missing["redis"] = "REDIS_URL is not set"
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        missing["postgres"] = "DATABASE_URL does not point at PostgreSQL"
+    for item in items:
+        for marker, reason in missing.items():
+            if marker in item.keywords:
+                if IN_CI:
+                    item.add_marker(pytest.mark.usefixtures("_fail_missing_service"))
+                else:
+                    item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def _fail_missing_service(request: pytest.FixtureRequest) -> None:
+    pytest.fail("a required service (PostgreSQL or Redis) is not configured under CI")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_caches() -> Iterator[None]:
+    forget_cached_keys()
+    forget_catalog()
+    yield
+    forget_cached_keys()
+    forget_catalog()
+
+
+@pytest.fixture
+def catalog(db: None) -> None:
+    """The built-in catalog. Transactional tests flush the seeded rows, so restore them."""
+    catalog_sync_defaults()
+
+
+# --- the cast ---------------------------------------------------------------
+
+
+@dataclass
+class Tenant:
+    organization: Organization
+    owner: User
+    member: User
+
+
+@pytest.fixture
+def tenant(db: None) -> Tenant:
+    organization = OrganizationFactory()
+    owner = MembershipFactory(organization=organization, role=Role.OWNER).user
+    member = MembershipFactory(organization=organization, role=Role.MEMBER).user
+    return Tenant(organization=organization, owner=owner, member=member)
+
+
+@pytest.fixture
+def organization(tenant: Tenant) -> Organization:
+    return tenant.organization
+
+
+@pytest.fixture
+def owner(tenant: Tenant) -> User:
+    return tenant.owner
+
+
+@pytest.fixture
+def member(tenant: Tenant) -> User:
+    return tenant.member
+
+
+@pytest.fixture
+def outsider(db: None) -> User:
+    """A user who owns another organization and has no membership in ours."""
+    other = OrganizationFactory()
+    return MembershipFactory(organization=other, role=Role.OWNER, user=UserFactory()).user
+
+
+@pytest.fixture
+def api_key(organization: Organization, owner: User, catalog: None) -> str:
+    return issue_key(organization, created_by=owner).secret
+
+
+# --- servers ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early ({process.returncode}):\n{log.read_text()}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up in {timeout}s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass
+class FakeUpstream:
+    url: str
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/_fake/stats").json()
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_fake/reset")
+
+
+@pytest.fixture(scope="session")
+def fake_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("fake-upstream") / "server.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "providers.fake_upstream", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/healthz", process, log)
+        yield FakeUpstream(url=url)
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def upstream(fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> FakeUpstream:
+    """The fake upstream, reset, with the in-process catalog pointed at it."""
+    fake_upstream.reset()
+    monkeypatch.setenv("MUXER_FAKE_BASE_URL", fake_upstream.base_url)
+    forget_catalog()
+    return fake_upstream
+
+
+def database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+@dataclass
+class Gateway:
+    url: str
+    usage_stream: str
+    log: Path
+
+
+@pytest.fixture(scope="session", params=["uvicorn", "daphne"])
+def gateway(
+    request: pytest.FixtureRequest,
+    django_db_setup: None,
+    fake_upstream: FakeUpstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gateway]:
+    """The real ASGI application in its own process, on the test database."""
+    port = free_port()
+    log = tmp_path_factory.mktemp(f"gateway-{request.param}") / "server.log"
+    stream = f"muxer:usage:test:{uuid.uuid4().hex}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "MUXER_FAKE_BASE_URL": fake_upstream.base_url,
+        "MUXER_KEY_CACHE_SECONDS": "0.5",
+        "MUXER_CATALOG_CACHE_SECONDS": "0.5",
+        "MUXER_USAGE_STREAM": stream,
+        "SECRET_KEY": settings.SECRET_KEY,
+    }
+    if request.param == "uvicorn":
+        command = [sys.executable, "-m", "uvicorn", "muxer_project.asgi:application", "--port", str(port),
+                   "--log-level", "warning"]  # fmt: skip
+    else:
+        command = [sys.executable, "-m", "daphne", "-p", str(port), "muxer_project.asgi:application"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/healthz", process, log)
+        yield Gateway(url=url, usage_stream=stream, log=log)
+    finally:
+        stop(process)
