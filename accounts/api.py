@@ -19,7 +19,7 @@ from providers.models import Model
 
 from . import selectors, services
 from .auth import KeyIdentity, authenticate_sync
-from .models import APIKey, Membership, Organization, Role, Team
+from .models import APIKey, Membership, Organization, Role, Team, User
 
 MANAGER_ROLES = frozenset({Role.OWNER, Role.ADMIN})
 
@@ -46,6 +46,14 @@ class APIKeyAuthentication(BaseAuthentication):
         return 'Bearer realm="modelmuxer"'
 
 
+def signed_in_user(request: Request) -> User:
+    """The user behind a session or JWT (IsAuthenticated has already run)."""
+    user = request.user
+    if not isinstance(user, User):
+        raise PermissionDenied("Sign in as a user to do this.")
+    return user
+
+
 class OrganizationScopedView(APIView):
     """Resolves ``<org>`` from the URL through the caller's membership.
 
@@ -60,7 +68,7 @@ class OrganizationScopedView(APIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        membership = selectors.membership_for(user=request.user, organization_slug=kwargs["org"])
+        membership = selectors.membership_for(user=signed_in_user(request), organization_slug=kwargs["org"])
         if membership is None:
             raise NotFound("No such organization.")
         if request.method not in SAFE_METHODS and membership.role not in self.write_roles:
@@ -76,7 +84,7 @@ class OrganizationSerializer(serializers.ModelSerializer[Organization]):
 
 
 class APIKeySerializer(serializers.ModelSerializer[APIKey]):
-    created_by = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    created_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(slug_field="email", read_only=True)
     status = serializers.SerializerMethodField()
 
     class Meta:
@@ -114,12 +122,14 @@ class APIKeyCreateSerializer(serializers.Serializer[Any]):
 
 
 class OrganizationListView(APIView):
+    @extend_schema(operation_id="orgs_list", responses=OrganizationSerializer(many=True))
     def get(self, request: Request) -> Response:
-        organizations = selectors.organizations_for_user(user=request.user)
+        organizations = selectors.organizations_for_user(user=signed_in_user(request))
         return Response({"object": "list", "data": OrganizationSerializer(organizations, many=True).data})
 
 
 class OrganizationDetailView(OrganizationScopedView):
+    @extend_schema(operation_id="orgs_retrieve", responses=OrganizationSerializer)
     def get(self, request: Request, org: str) -> Response:
         data = OrganizationSerializer(self.organization).data
         return Response({**data, "role": self.membership.role})
@@ -144,7 +154,7 @@ class APIKeyListView(OrganizationScopedView):
         issued = services.api_key_create(
             organization=self.organization,
             name=data["name"],
-            created_by=request.user,
+            created_by=signed_in_user(request),
             team=team,
             expires_at=data.get("expires_at"),
             allowed_models=data.get("allowed_models", ()),
@@ -168,5 +178,5 @@ class APIKeyDetailView(OrganizationScopedView):
 class APIKeyRevokeView(APIKeyDetailView):
     @extend_schema(request=None, responses=APIKeySerializer)
     def post(self, request: Request, org: str, key_id: int) -> Response:
-        revoked = services.api_key_revoke(api_key=self.get_key(key_id), actor=request.user)
+        revoked = services.api_key_revoke(api_key=self.get_key(key_id), actor=signed_in_user(request))
         return Response(APIKeySerializer(revoked).data)

@@ -53,12 +53,16 @@ def forget_cached_keys() -> None:
     _cache.clear()
 
 
-def _load(prefix: str) -> KeyIdentity | None:
+def _load_in_worker(prefix: str) -> KeyIdentity | None:
+    """The lookup for ``authenticate``, run on a worker thread of its own.
+
+    The proxy runs outside Django's request cycle, so nothing else retires that
+    thread's connection. Never call this on the caller's thread: closing its
+    connection would break any transaction the caller is in.
+    """
     try:
         return _query(prefix)
     finally:
-        # The proxy runs outside Django's request cycle, so nothing else
-        # retires this thread's connection.
         close_old_connections()
 
 
@@ -139,7 +143,7 @@ async def authenticate(authorization: str | None) -> KeyIdentity:
     prefix = keys.lookup_prefix(token)
     found, identity = _cached(prefix)
     if not found:
-        identity = await sync_to_async(_load, thread_sensitive=False)(prefix)
+        identity = await sync_to_async(_load_in_worker, thread_sensitive=False)(prefix)
         _remember(prefix, identity)
     return _check(token, identity)
 
@@ -149,7 +153,7 @@ def authenticate_sync(authorization: str | None) -> KeyIdentity:
     prefix = keys.lookup_prefix(token)
     found, identity = _cached(prefix)
     if not found:
-        identity = _load(prefix)
+        identity = _query(prefix)
         _remember(prefix, identity)
     return _check(token, identity)
 

@@ -52,15 +52,12 @@ RESULTS_DIR = BENCH_DIR / "results"
 HOST = "127.0.0.1"
 CHAT_PATH = "/v1/chat/completions"
 CHAT_BODY = json.dumps(
-    {
-        "model": "fake-small",
-        "messages": [{"role": "user", "content": "Say hello"}],
-        "max_tokens": 16,
-    },
+    {"model": "fake-small", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16},
     separators=(",", ":"),
 )
 UPSTREAM_KEY = "sk-bench-upstream-any-key"
 DATABASE_URL = "postgres://postgres@127.0.0.1:5432/muxer_bench"
+PSQL = ["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
 REDIS_URL = "redis://127.0.0.1:6379/5"
 TARGETS = ("upstream", "bare_django", "gateway", "litellm")
 TARGET_LABELS = {
@@ -78,15 +75,7 @@ TARGET_VS_LITELLM = 10.0
 TARGET_OVERHEAD_MS = 2.0
 
 # Uvicorn flags shared by the gateway and the bare Django view (the workers count is added).
-UVICORN_FLAGS = [
-    "--loop",
-    "uvloop",
-    "--http",
-    "httptools",
-    "--no-access-log",
-    "--log-level",
-    "warning",
-]
+UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
 
 
 class BenchError(Exception):
@@ -222,10 +211,7 @@ def http_request(url: str, body: str | None = None, auth: str | None = None, tim
     if auth:
         headers["Authorization"] = auth
     request = urllib.request.Request(
-        url,
-        data=body.encode() if body is not None else None,
-        headers=headers,
-        method="POST" if body else "GET",
+        url, data=body.encode() if body is not None else None, headers=headers, method="POST" if body else "GET"
     )
     try:
         with _OPENER.open(request, timeout=timeout) as response:
@@ -289,11 +275,7 @@ def _proc_table() -> dict[int, tuple[int, str, float]]:
             continue
         comm = raw[raw.find("(") + 1 : raw.rfind(")")]
         fields = raw[raw.rfind(")") + 2 :].split()
-        table[int(entry)] = (
-            int(fields[2]),
-            comm,
-            (int(fields[11]) + int(fields[12])) / CLK_TCK,
-        )
+        table[int(entry)] = (int(fields[2]), comm, (int(fields[11]) + int(fields[12])) / CLK_TCK)
     return table
 
 
@@ -315,12 +297,7 @@ class CpuSnapshot:
     @classmethod
     def take(cls) -> CpuSnapshot:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return cls(
-            time.monotonic(),
-            _proc_table(),
-            _machine_ticks(),
-            usage.ru_utime + usage.ru_stime,
-        )
+        return cls(time.monotonic(), _proc_table(), _machine_ticks(), usage.ru_utime + usage.ru_stime)
 
 
 def cpu_breakdown(before: CpuSnapshot, after: CpuSnapshot, groups: dict[str, int]) -> dict[str, float]:
@@ -429,15 +406,7 @@ def parse_wrk(output: str, target: str, connections: int, threads: int) -> WrkRe
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     socket_errors = (
-        dict(
-            zip(
-                ("connect", "read", "write", "timeout"),
-                map(int, sock.groups()),
-                strict=True,
-            )
-        )
-        if sock
-        else {}
+        dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups()), strict=True)) if sock else {}
     )
     bad = int(non_2xx.group(1)) if non_2xx else 0
     return WrkResult(
@@ -464,15 +433,7 @@ class Wrk:
         self.log_dir = log_dir
         self.current: subprocess.Popen[str] | None = None
 
-    def run(
-        self,
-        target: str,
-        url: str,
-        auth: str | None,
-        connections: int,
-        threads: int,
-        seconds: float,
-    ) -> str:
+    def run(self, target: str, url: str, auth: str | None, connections: int, threads: int, seconds: float) -> str:
         cmd = [
             "wrk",
             f"-t{threads}",
@@ -550,24 +511,12 @@ def ensure_litellm() -> str:
             log(f"creating the LiteLLM virtualenv at {LITELLM_VENV.relative_to(REPO)}")
             base = getattr(sys, "_base_executable", sys.executable)
             subprocess.run([base, "-m", "venv", str(LITELLM_VENV)], check=True)
-        cmd = [
-            str(_litellm_venv_python()),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "-r",
-            str(LITELLM_REQUIREMENTS),
-        ]
+        cmd = [str(_litellm_venv_python()), "-m", "pip", "install", "-q", "-r", str(LITELLM_REQUIREMENTS)]
         log(f"installing LiteLLM (slow the first time): {shlex.join(cmd)}")
         subprocess.run(cmd, check=True)
         LITELLM_STAMP.write_text(wanted + "\n")
     version = subprocess.run(
-        [
-            str(_litellm_venv_python()),
-            "-c",
-            "import importlib.metadata as m; print(m.version('litellm'))",
-        ],
+        [str(_litellm_venv_python()), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
         capture_output=True,
         text=True,
         check=True,
@@ -621,7 +570,40 @@ class Started:
     auth: str | None
     groups: dict[str, int]  # label -> process group, for CPU accounting
     processes: list[Managed]
-    note: str = ""
+    # Called with the number of answered requests once the load is over; returns notes for the report.
+    after_load: Callable[[int], dict[str, Any]] | None = None
+
+
+def usage_rows() -> int | None:
+    """Rows in the gateway's usage ledger (None when the table cannot be read)."""
+    done = subprocess.run(
+        [*PSQL, "-d", "muxer_bench", "-Atc", "select count(*) from billing_usagerecord"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip().isdigit() else None
+
+
+def wait_usage_drained(rows_before: int | None, answered: int, timeout: float = 30.0) -> dict[str, Any]:
+    """After the load: how long the usage writer needs to get every answered request into PostgreSQL."""
+    if rows_before is None:
+        return {"usage_rows": "n/a (cannot read billing_usagerecord)"}
+    started = time.monotonic()
+    written = 0
+    while True:
+        now = usage_rows()
+        written = (now or rows_before) - rows_before
+        waited = time.monotonic() - started
+        if written >= answered or waited >= timeout:
+            break
+        time.sleep(0.5)
+    return {
+        "usage_requests_answered": answered,
+        "usage_rows_written": written,
+        "usage_drain_after_load_s": round(waited, 1),
+        "usage_caught_up": written >= answered,
+    }
 
 
 class Bench:
@@ -634,6 +616,7 @@ class Bench:
         self.upstream: Managed | None = None
         self.upstream_port = 0
         self.versions: dict[str, str] = {}
+        self.notes: dict[str, dict[str, Any]] = {}
 
     # -- fake upstream (shared by every target)
 
@@ -642,15 +625,7 @@ class Bench:
         if not module.exists():
             raise BenchError(f"{module.relative_to(REPO)} does not exist yet")
         self.upstream_port = free_port()
-        cmd = [
-            str(PYTHON),
-            "-m",
-            "providers.fake_upstream",
-            "--host",
-            HOST,
-            "--port",
-            str(self.upstream_port),
-        ]
+        cmd = [str(PYTHON), "-m", "providers.fake_upstream", "--host", HOST, "--port", str(self.upstream_port)]
         if self.args.upstream_workers != 1:
             cmd += ["--workers", str(self.args.upstream_workers)]
         self.upstream = self.procs.start("fake_upstream", cmd)
@@ -676,25 +651,12 @@ class Bench:
 
     def start_upstream_target(self) -> Started:
         return Started(
-            url=f"http://{HOST}:{self.upstream_port}{CHAT_PATH}",
-            auth=f"Bearer {UPSTREAM_KEY}",
-            groups={},
-            processes=[],
+            url=f"http://{HOST}:{self.upstream_port}{CHAT_PATH}", auth=f"Bearer {UPSTREAM_KEY}", groups={}, processes=[]
         )
 
     def _uvicorn(self, name: str, app: str, env: dict[str, str] | None = None) -> tuple[Managed, int]:
         port = free_port()
-        cmd = [
-            str(UVICORN),
-            app,
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--workers",
-            str(self.workers),
-            *UVICORN_FLAGS,
-        ]
+        cmd = [str(UVICORN), app, "--host", HOST, "--port", str(port), "--workers", str(self.workers), *UVICORN_FLAGS]
         return self.procs.start(name, cmd, env=env), port
 
     def start_bare_django(self) -> Started:
@@ -711,7 +673,6 @@ class Bench:
             "MUXER_DEMO_API_KEY": demo_api_key(),
             "DEBUG": "false",  # whatever a local .env says, never benchmark DEBUG mode
         }
-        env.pop("MUXER_ENV_FILE", None)
         return env
 
     def start_gateway(self) -> Started:
@@ -720,17 +681,7 @@ class Bench:
             raise BenchError(f"gateway not available yet: missing {', '.join(missing)}")
         env = self.gateway_env()
         created = subprocess.run(
-            [
-                "psql",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                "create database muxer_bench",
-            ],
+            [*PSQL, "-v", "ON_ERROR_STOP=1", "-c", "create database muxer_bench"],
             capture_output=True,
             text=True,
             check=False,
@@ -742,6 +693,7 @@ class Bench:
         run_step("migrate", [str(PYTHON), "manage.py", "migrate", "--noinput"], env=env)
         run_step("demo_setup", [str(PYTHON), "manage.py", "demo_setup"], env=env)
         flush_redis_db(REDIS_URL)
+        rows_before = usage_rows()
         writer = self.procs.start("usage_writer", [str(PYTHON), "manage.py", "usage_writer"], env=env)
         server, port = self._uvicorn("gateway", "muxer_project.asgi:application", env=env)
         wait_healthy(server, f"http://{HOST}:{port}/healthz", timeout=90)
@@ -752,6 +704,7 @@ class Bench:
             f"Bearer {env['MUXER_DEMO_API_KEY']}",
             {"server": server.pgid, "usage_writer": writer.pgid},
             [server, writer],
+            after_load=lambda answered: wait_usage_drained(rows_before, answered),
         )
 
     def start_litellm(self) -> Started:
@@ -760,14 +713,7 @@ class Bench:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k
-            not in {
-                "DATABASE_URL",
-                "REDIS_URL",
-                "REDIS_HOST",
-                "REDIS_PORT",
-                "STORE_MODEL_IN_DB",
-            }
+            if k not in {"DATABASE_URL", "REDIS_URL", "REDIS_HOST", "REDIS_PORT", "STORE_MODEL_IN_DB"}
         }
         env.update(
             LITELLM_MASTER_KEY=master_key,
@@ -791,12 +737,7 @@ class Bench:
         ]
         server = self.procs.start("litellm", cmd, env=env)
         wait_healthy(server, f"http://{HOST}:{port}/health/liveliness", timeout=180)
-        return Started(
-            f"http://{HOST}:{port}{CHAT_PATH}",
-            f"Bearer {master_key}",
-            {"server": server.pgid},
-            [server],
-        )
+        return Started(f"http://{HOST}:{port}{CHAT_PATH}", f"Bearer {master_key}", {"server": server.pgid}, [server])
 
     # -- measuring
 
@@ -806,21 +747,19 @@ class Bench:
         try:
             check_chat(name, started.url, started.auth)
             groups = {**self.upstream_groups(), **started.groups}
+            answered = 1
             if self.args.warmup > 0:
                 log(f"{name}: warm-up {self.args.warmup:g}s at {HIGH_LOAD} connections")
-                self.wrk.run(name, started.url, started.auth, HIGH_LOAD, 2, self.args.warmup)
+                output = self.wrk.run(name, started.url, started.auth, HIGH_LOAD, 2, self.args.warmup)
+                warm = parse_wrk(output, name, HIGH_LOAD, 2)
+                answered += warm.requests
+                if warm.errors:
+                    log(f"WARNING: {name}: {warm.errors} errors during the warm-up")
             results = []
             for connections, threads in LOADS:
                 time.sleep(1)
                 before = CpuSnapshot.take()
-                output = self.wrk.run(
-                    name,
-                    started.url,
-                    started.auth,
-                    connections,
-                    threads,
-                    self.args.duration,
-                )
+                output = self.wrk.run(name, started.url, started.auth, connections, threads, self.args.duration)
                 after = CpuSnapshot.take()
                 result = parse_wrk(output, name, connections, threads)
                 result.cpu_pct = cpu_breakdown(before, after, groups)
@@ -829,6 +768,10 @@ class Bench:
                     f"p99 {result.p99_ms:.2f} ms, errors {result.errors}"
                 )
                 results.append(result)
+                answered += result.requests
+            if started.after_load is not None:
+                self.notes[name] = started.after_load(answered)
+                log(f"{name}: {self.notes[name]}")
             for managed in started.processes:
                 if managed.proc.poll() is not None:
                     log(f"WARNING: {managed.name} exited during the run (code {managed.proc.returncode})")
@@ -842,21 +785,12 @@ class Bench:
 
 
 def _find(results: list[WrkResult], target: str, connections: int) -> WrkResult | None:
-    return next(
-        (r for r in results if r.target == target and r.connections == connections),
-        None,
-    )
+    return next((r for r in results if r.target == target and r.connections == connections), None)
 
 
 def compute_ratios(results: list[WrkResult]) -> list[dict[str, Any]]:
     def ratio(name: str, num: WrkResult | None, den: WrkResult | None, goal: float, kind: str) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "name": name,
-            "goal": goal,
-            "kind": kind,
-            "value": None,
-            "status": "n/a",
-        }
+        entry: dict[str, Any] = {"name": name, "goal": goal, "kind": kind, "value": None, "status": "n/a"}
         if num is None or den is None:
             entry["status"] = "n/a (target missing)"
             return entry
@@ -872,10 +806,7 @@ def compute_ratios(results: list[WrkResult]) -> list[dict[str, Any]]:
             entry["status"] += " (INVALID: errors during the run)"
         return entry
 
-    gw_hi, gw_lo = (
-        _find(results, "gateway", HIGH_LOAD),
-        _find(results, "gateway", LOW_LOAD),
-    )
+    gw_hi, gw_lo = (_find(results, "gateway", HIGH_LOAD), _find(results, "gateway", LOW_LOAD))
     return [
         ratio(
             f"gateway req/s / bare Django req/s @{HIGH_LOAD} conns",
@@ -914,6 +845,7 @@ def print_report(
     results: list[WrkResult],
     ratios: list[dict[str, Any]],
     failures: dict[str, str],
+    notes: dict[str, dict[str, Any]],
     args: argparse.Namespace,
 ) -> None:
     print()
@@ -947,6 +879,15 @@ def print_report(
         value = "n/a" if entry["value"] is None else f"{entry['value']:.2f}"
         goal = f">= {entry['goal']:g}" if entry["kind"] == "ratio" else f"<= {entry['goal']:g} ms"
         print(f"  {entry['name']:<48} {value:>8}   (target {goal})  {entry['status']}")
+    gateway_notes = notes.get("gateway", {})
+    if "usage_caught_up" in gateway_notes:
+        print()
+        verdict = "caught up" if gateway_notes["usage_caught_up"] else "DID NOT catch up"
+        print(
+            f"Usage writer: {gateway_notes['usage_rows_written']} ledger rows for "
+            f"{gateway_notes['usage_requests_answered']} answered gateway requests; {verdict} "
+            f"{gateway_notes['usage_drain_after_load_s']:g}s after the load ended"
+        )
     errored = [f"{r.target}@{r.connections}" for r in results if r.errors]
     if errored:
         print()
@@ -958,51 +899,20 @@ def print_report(
 
 def git_head() -> str:
     done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
     )
     return done.stdout.strip() or "no commit"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn/LiteLLM workers per server (default 2)")
+    parser.add_argument("--duration", type=float, default=15, help="seconds per measured wrk run (default 15)")
+    parser.add_argument("--warmup", type=float, default=3, help="seconds of warm-up per target (default 3)")
+    parser.add_argument("--timeout", type=float, default=10, help="wrk per-request timeout in seconds (default 10)")
+    parser.add_argument("--upstream-workers", type=int, default=1, help="fake upstream worker processes (default 1)")
     parser.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="uvicorn/LiteLLM workers per server (default 2)",
-    )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=15,
-        help="seconds per measured wrk run (default 15)",
-    )
-    parser.add_argument(
-        "--warmup",
-        type=float,
-        default=3,
-        help="seconds of warm-up per target (default 3)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=10,
-        help="wrk per-request timeout in seconds (default 10)",
-    )
-    parser.add_argument(
-        "--upstream-workers",
-        type=int,
-        default=1,
-        help="fake upstream worker processes (default 1)",
-    )
-    parser.add_argument(
-        "--targets",
-        default=",".join(TARGETS),
-        help=f"comma-separated subset of {','.join(TARGETS)} (default: all)",
+        "--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)} (default: all)"
     )
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -1043,11 +953,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bench.versions["wrk"] = ensure_wrk()
             if "litellm" in args.targets:
-                bench.versions["litellm"] = ensure_litellm()
+                try:
+                    bench.versions["litellm"] = ensure_litellm()
+                except (subprocess.CalledProcessError, OSError) as exc:
+                    failures["litellm"] = f"could not install LiteLLM: {exc}"
+                    log(f"litellm: FAILED: {failures['litellm']}")
             log(f"server logs go to {log_dir.relative_to(REPO)}/")
             bench.start_upstream()
             for name in TARGETS:
-                if name not in args.targets:
+                if name not in args.targets or name in failures:
                     continue
                 try:
                     results.extend(bench.measure(name))
@@ -1067,7 +981,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     ratios = compute_ratios(results)
-    print_report(results, ratios, failures, args)
+    print_report(results, ratios, failures, bench.notes, args)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     report = {
         "timestamp": stamp,
@@ -1091,6 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": [asdict(r) for r in results],
         "ratios": ratios,
         "runs_with_errors": [f"{r.target}@{r.connections}" for r in results if r.errors],
+        "notes": bench.notes,
         "failures": failures,
         "logs": str(log_dir.relative_to(REPO)),
     }

@@ -17,7 +17,7 @@ import socket
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -133,12 +133,12 @@ def usage_drain(*, batch_size: int = 500, block_ms: int = 1000, reclaim_idle_ms:
     stream = settings.MUXER_USAGE_STREAM
     _ensure_group()
     consumer = _consumer_name()
-    _next, claimed, _deleted = client.xautoclaim(
+    claimed_reply: Any = client.xautoclaim(
         stream, GROUP, consumer, min_idle_time=reclaim_idle_ms, start_id="0-0", count=batch_size
     )
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = list(claimed)
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = list(claimed_reply[1])
     if not entries:
-        response = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=batch_size, block=block_ms or None)
+        response: Any = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=batch_size, block=block_ms or None)
         for _name, items in response or ():
             entries.extend(items)
     if not entries:

@@ -156,6 +156,10 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "ModelMuxer API",
     "DESCRIPTION": "OpenAI-compatible LLM gateway and its management API.",
     "VERSION": "0.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "routing.openapi.add_proxy_endpoints",
+    ],
 }
 
 # --- I18N ------------------------------------------------------------------

@@ -15,10 +15,10 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from asgiref.typing import ASGIReceiveCallable, ASGISendCallable
 from channels.consumer import AsyncConsumer
 
 from accounts.auth import KeyIdentity, authenticate
@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 JSON = b"application/json"
 Headers = list[tuple[bytes, bytes]]
+# Channels passes plain dicts; asgiref's TypedDict unions add nothing here.
+ASGIReceiveCallable = Callable[[], Awaitable[dict[str, Any]]]
+ASGISendCallable = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 async def _wait_for_disconnect(receive: ASGIReceiveCallable) -> None:
@@ -298,7 +301,7 @@ class ChatCompletionsConsumer(GatewayConsumer):
                 usage = self._settled_usage(request, stream.progress.usage, progress.completion_chars)
                 tail = b""
                 if request.include_usage and first is not None:
-                    usage_chunk = {
+                    usage_chunk: dict[str, Any] = {
                         "id": first.get("id"),
                         "object": "chat.completion.chunk",
                         "created": first.get("created"),

@@ -1,16 +1,38 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api import APIKeyAuthentication
+from accounts.auth import KeyIdentity
 from muxer_project.errors import model_not_found
 from providers.catalog import get_catalog_sync
 
 from .selection import servable
+
+
+class ModelSerializer(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+
+
+class ModelListSerializer(serializers.Serializer[Any]):
+    object = serializers.CharField()
+    data = ModelSerializer(many=True)
+
+
+def key_identity(request: Request) -> KeyIdentity:
+    assert isinstance(request.auth, KeyIdentity)
+    return request.auth
 
 
 class ModelListView(APIView):
@@ -18,8 +40,9 @@ class ModelListView(APIView):
 
     authentication_classes = [APIKeyAuthentication]
 
+    @extend_schema(operation_id="v1_models_list", responses=ModelListSerializer)
     def get(self, request: Request) -> Response:
-        identity = request.auth
+        identity = key_identity(request)
         data = [
             {"id": m.name, "object": "model", "created": m.created, "owned_by": m.provider}
             for m in get_catalog_sync().models.values()
@@ -29,8 +52,9 @@ class ModelListView(APIView):
 
 
 class ModelDetailView(ModelListView):
+    @extend_schema(operation_id="v1_models_retrieve", responses=ModelSerializer)
     def get(self, request: Request, model: str) -> Response:  # type: ignore[override]
-        identity = request.auth
+        identity = key_identity(request)
         found = get_catalog_sync().get(model)
         if found is None or not servable(found) or not identity.may_use(found.name):
             raise model_not_found(model)

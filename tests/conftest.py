@@ -80,9 +80,9 @@ class Tenant:
 
 @pytest.fixture
 def tenant(db: None) -> Tenant:
-    organization = OrganizationFactory()
-    owner = MembershipFactory(organization=organization, role=Role.OWNER).user
-    member = MembershipFactory(organization=organization, role=Role.MEMBER).user
+    organization = OrganizationFactory.create()
+    owner = MembershipFactory.create(organization=organization, role=Role.OWNER).user
+    member = MembershipFactory.create(organization=organization, role=Role.MEMBER).user
     return Tenant(organization=organization, owner=owner, member=member)
 
 
@@ -104,8 +104,8 @@ def member(tenant: Tenant) -> User:
 @pytest.fixture
 def outsider(db: None) -> User:
     """A user who owns another organization and has no membership in ours."""
-    other = OrganizationFactory()
-    return MembershipFactory(organization=other, role=Role.OWNER, user=UserFactory()).user
+    other = OrganizationFactory.create()
+    return MembershipFactory.create(organization=other, role=Role.OWNER, user=UserFactory.create()).user
 
 
 @pytest.fixture

@@ -1,0 +1,31 @@
+# Production image: the ASGI gateway under uvicorn with several workers.
+# Run the same image with `python manage.py usage_writer` for the usage writer,
+# and `python manage.py migrate` as a release step.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MUXER_PRODUCTION=true \
+    WEB_CONCURRENCY=4 \
+    PORT=8000
+
+WORKDIR /app
+COPY requirements/base.txt requirements/base.txt
+RUN pip install -r requirements/base.txt
+
+COPY . .
+# Static files for the admin and console are collected at build time; the
+# secret here exists only for this step.
+RUN SECRET_KEY=build-only-secret-key-that-is-never-used-at-runtime-0123456789 ALLOWED_HOSTS=build \
+    python manage.py collectstatic --noinput \
+ && useradd --system --uid 10001 --no-create-home muxer \
+ && chown -R muxer /app/staticfiles
+
+USER muxer
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/healthz', timeout=2)"
+
+CMD ["sh", "-c", "exec uvicorn muxer_project.asgi:application --host 0.0.0.0 --port $PORT --workers $WEB_CONCURRENCY --loop uvloop --http httptools --proxy-headers --forwarded-allow-ips='*' --no-access-log"]
