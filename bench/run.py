@@ -73,6 +73,8 @@ LOW_LOAD = 1
 TARGET_VS_DJANGO = 1.0
 TARGET_VS_LITELLM = 10.0
 TARGET_OVERHEAD_MS = 2.0
+# A run during which processes that are not the benchmark's used this much CPU (% of one core) is flagged.
+NOISY_CPU_PCT = 25.0
 
 # Uvicorn flags shared by the gateway and the bare Django view (the workers count is added).
 UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
@@ -279,6 +281,28 @@ def _proc_table() -> dict[int, tuple[int, str, float]]:
     return table
 
 
+def _short_cmdline(pid: int) -> str:
+    """``python -m pytest tests/x.py`` style name of a process, to say who else loads the box."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    words = [
+        os.path.basename(a.decode(errors="replace")) if i == 0 else a.decode(errors="replace")
+        for i, a in enumerate(argv)
+    ]
+    return " ".join(w for w in words if w)[:60]
+
+
+_PG_BACKEND = re.compile(r"^postgres: (?:[^:]+: )?\S+ (\S+) ")
+
+
+def _serves_bench_db(pid: int) -> bool:
+    """A PostgreSQL process is ours unless it is a backend connected to another database."""
+    match = _PG_BACKEND.match(_short_cmdline(pid))
+    return match is None or match.group(1) == "muxer_bench"
+
+
 def _machine_ticks() -> tuple[int, int]:
     """(busy, total) jiffies over all CPUs."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -321,19 +345,27 @@ def cpu_breakdown(before: CpuSnapshot, after: CpuSnapshot, groups: dict[str, int
             continue
         if pgid in by_group:
             label = by_group[pgid]
-        elif comm.startswith(("postgres", "postmaster")):
+        elif comm.startswith(("postgres", "postmaster")) and _serves_bench_db(pid):
             label = "postgres"
         elif comm.startswith("redis-server"):
             label = "redis"
         else:
             label = "other"
-            others[comm] = others.get(comm, 0.0) + delta
+            name = _short_cmdline(pid) or comm
+            others[name] = others.get(name, 0.0) + delta
         used[label] += delta
     used["wrk"] = after.children - before.children
     busy = after.machine[0] - before.machine[0]
     total = max(after.machine[1] - before.machine[1], 1)
     result = {label: round(100.0 * seconds / wall, 1) for label, seconds in used.items()}
     result["machine_busy_pct"] = round(100.0 * busy / total, 1)  # of all cores
+    # Busy time no live process accounts for: short-lived processes (someone else's builds and
+    # tests), kernel work. Together with "other" it is the load that is not the benchmark's.
+    box_core_pct = 100.0 * busy / total * (os.cpu_count() or 1)
+    result["unaccounted"] = round(max(0.0, box_core_pct - 100.0 * sum(used.values()) / wall), 1)
+    result["not_ours"] = round(result["other"] + result["unaccounted"], 1)
+    # What serving the requests cost: every process of ours except the load generator.
+    result["stack_cpu_s"] = round(sum(v for k, v in used.items() if k not in {"wrk", "other"}), 3)
     for comm, seconds in sorted(others.items(), key=lambda kv: -kv[1])[:3]:
         if seconds / wall >= 0.05:
             result[f"other:{comm}"] = round(100.0 * seconds / wall, 1)
@@ -360,6 +392,9 @@ class WrkResult:
     socket_errors: dict[str, int]
     errors: int
     cpu_pct: dict[str, float] = field(default_factory=dict)
+    # CPU (ms) the whole stack (server, usage writer, upstream, PostgreSQL, Redis; not wrk) spent
+    # per answered request. Other load on the box changes req/s a lot and this much less.
+    cpu_ms_per_req: float | None = None
 
 
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -561,6 +596,23 @@ def flush_redis_db(url: str) -> None:
     log(f"flushed Redis db {db} ({url})")
 
 
+_LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b")
+# Start-up notices a late worker may print after the first one answered: not problems of the run.
+_LOG_BENIGN = re.compile(r"login_throttle\.py")
+
+
+def scan_log(path: Path, offset: int) -> tuple[int, str]:
+    """Warning/error lines written to ``path`` after ``offset``: (count, first one)."""
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        lines = [
+            line
+            for line in fh.read().decode(errors="replace").splitlines()
+            if _LOG_PROBLEM.search(line) and not _LOG_BENIGN.search(line)
+        ]
+    return len(lines), (lines[0].strip()[:200] if lines else "")
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -617,6 +669,11 @@ class Bench:
         self.upstream_port = 0
         self.versions: dict[str, str] = {}
         self.notes: dict[str, dict[str, Any]] = {}
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log(f"WARNING: {message}")
 
     # -- fake upstream (shared by every target)
 
@@ -743,9 +800,18 @@ class Bench:
 
     def measure(self, name: str) -> list[WrkResult]:
         log(f"=== {TARGET_LABELS[name]}: starting")
-        started = self.start_target(name)
+        already_running = list(self.procs.running)
+        try:
+            started = self.start_target(name)
+        except BaseException:
+            # Do not leave a half-started target running while the next one is measured.
+            for managed in reversed([m for m in self.procs.running if m not in already_running]):
+                self.procs.stop(managed)
+            raise
         try:
             check_chat(name, started.url, started.auth)
+            watched = [*started.processes, *([self.upstream] if self.upstream else [])]
+            log_offsets = {m.name: m.log_path.stat().st_size for m in watched}
             groups = {**self.upstream_groups(), **started.groups}
             answered = 1
             if self.args.warmup > 0:
@@ -763,6 +829,8 @@ class Bench:
                 after = CpuSnapshot.take()
                 result = parse_wrk(output, name, connections, threads)
                 result.cpu_pct = cpu_breakdown(before, after, groups)
+                if result.requests:
+                    result.cpu_ms_per_req = round(1000.0 * result.cpu_pct["stack_cpu_s"] / result.requests, 3)
                 log(
                     f"{name} @{connections}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
                     f"p99 {result.p99_ms:.2f} ms, errors {result.errors}"
@@ -772,9 +840,15 @@ class Bench:
             if started.after_load is not None:
                 self.notes[name] = started.after_load(answered)
                 log(f"{name}: {self.notes[name]}")
-            for managed in started.processes:
+            for managed in watched:
                 if managed.proc.poll() is not None:
-                    log(f"WARNING: {managed.name} exited during the run (code {managed.proc.returncode})")
+                    self.warn(f"{managed.name} exited during the {name} runs (code {managed.proc.returncode})")
+                count, example = scan_log(managed.log_path, log_offsets[managed.name])
+                if count:
+                    self.warn(
+                        f"{managed.name} logged {count} warning/error line(s) during the {name} runs, "
+                        f"e.g. {example!r} (see {managed.log_path.relative_to(REPO)})"
+                    )
             return results
         finally:
             for managed in reversed(started.processes):
@@ -797,6 +871,8 @@ def compute_ratios(results: list[WrkResult]) -> list[dict[str, Any]]:
         if kind == "ratio":
             value = num.rps / den.rps if den.rps else float("inf")
             ok = value >= goal
+            if num.cpu_ms_per_req and den.cpu_ms_per_req:
+                entry["by_cpu_per_request"] = round(den.cpu_ms_per_req / num.cpu_ms_per_req, 3)
         else:
             value = num.p50_ms - den.p50_ms
             ok = value <= goal
@@ -833,12 +909,12 @@ def compute_ratios(results: list[WrkResult]) -> list[dict[str, Any]]:
 
 
 def _cpu_summary(cpu: dict[str, float]) -> str:
-    order = ["server", "usage_writer", "upstream", "wrk", "postgres", "redis", "other"]
-    parts = [f"{label} {cpu[label]:.0f}%" for label in order if label in cpu and (cpu[label] >= 1 or label == "server")]
-    top_other = [f"{k.removeprefix('other:')} {v:.0f}%" for k, v in cpu.items() if k.startswith("other:")]
-    if top_other:
-        parts.append(f"(other: {', '.join(top_other)})")
-    return ", ".join(parts) + f" | box {cpu.get('machine_busy_pct', 0):.0f}% busy"
+    order = ["server", "usage_writer", "upstream", "wrk", "postgres", "redis"]
+    ours = ", ".join(f"{k} {cpu[k]:.0f}%" for k in order if k in cpu and (cpu[k] >= 1 or k == "server"))
+    top_other = "; ".join(f"{k.removeprefix('other:')} {v:.0f}%" for k, v in cpu.items() if k.startswith("other:"))
+    not_ours = f"not ours {cpu.get('not_ours', 0):.0f}%" + (f" ({top_other})" if top_other else "")
+    noisy = "  <-- NOISY" if cpu.get("not_ours", 0) >= NOISY_CPU_PCT else ""
+    return f"{ours} | {not_ours} | box {cpu.get('machine_busy_pct', 0):.0f}% of {os.cpu_count()} cores{noisy}"
 
 
 def print_report(
@@ -846,6 +922,7 @@ def print_report(
     ratios: list[dict[str, Any]],
     failures: dict[str, str],
     notes: dict[str, dict[str, Any]],
+    warnings: list[str],
     args: argparse.Namespace,
 ) -> None:
     print()
@@ -853,7 +930,7 @@ def print_report(
         f"ModelMuxer benchmark: {args.workers} worker(s) per server, {args.duration:g}s per run, "
         f"{args.warmup:g}s warm-up, {os.cpu_count()} CPUs"
     )
-    header = f"{'target':<24} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    header = f"{'target':<24} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU ms/req':>11}"
     print(header)
     print("-" * len(header))
     for name in TARGETS:
@@ -865,12 +942,16 @@ def print_report(
             if r is None:
                 continue
             flag = "  <-- ERRORS" if r.errors else ""
+            cost = f"{r.cpu_ms_per_req:.3f}" if r.cpu_ms_per_req is not None else "n/a"
             print(
                 f"{TARGET_LABELS[name]:<24} {r.connections:>5} {r.rps:>10,.1f} {r.p50_ms:>8.2f} "
-                f"{r.p99_ms:>8.2f} {r.errors:>7}{flag}"
+                f"{r.p99_ms:>8.2f} {r.errors:>7} {cost:>11}{flag}"
             )
+    print("(CPU ms/req: CPU the serving stack - server, usage writer, upstream, PostgreSQL, Redis; not wrk -")
+    print(" spent per answered request; much less sensitive to other load on the box than req/s)")
     print()
-    print("CPU during each measured run (% of one core; 'server' = the target's own processes):")
+    print("CPU during each measured run, % of one core ('server' = the target's own processes; 'not ours' = the")
+    print("rest of the box: other users' processes, short-lived ones, kernel):")
     for r in results:
         print(f"  {r.target:<12} @{r.connections:<3} {_cpu_summary(r.cpu_pct)}")
     print()
@@ -879,6 +960,8 @@ def print_report(
         value = "n/a" if entry["value"] is None else f"{entry['value']:.2f}"
         goal = f">= {entry['goal']:g}" if entry["kind"] == "ratio" else f"<= {entry['goal']:g} ms"
         print(f"  {entry['name']:<48} {value:>8}   (target {goal})  {entry['status']}")
+        if "by_cpu_per_request" in entry:
+            print(f"  {'    same ratio from CPU ms/req (noise check)':<48} {entry['by_cpu_per_request']:>8.2f}")
     gateway_notes = notes.get("gateway", {})
     if "usage_caught_up" in gateway_notes:
         print()
@@ -892,6 +975,16 @@ def print_report(
     if errored:
         print()
         print(f"WARNING: runs with errors (non-2xx or socket errors): {', '.join(errored)} - their numbers are suspect")
+    noisy = [f"{r.target}@{r.connections}" for r in results if r.cpu_pct.get("not_ours", 0) >= NOISY_CPU_PCT]
+    if noisy:
+        print()
+        print(
+            f"NOTE: other load on the box took >= {NOISY_CPU_PCT:g}% of a core during {', '.join(noisy)}; "
+            "ratios that use those runs are less trustworthy - rerun when the box is quiet"
+        )
+    for message in warnings:
+        print()
+        print(f"WARNING: {message}")
     for name, message in failures.items():
         print()
         print(f"FAILED {name}: {message}")
@@ -926,14 +1019,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @contextlib.contextmanager
 def terminate_on_signals() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so that the cleanup in ``finally`` always runs."""
+    """Turn SIGINT/SIGTERM/SIGHUP into KeyboardInterrupt (even if inherited as ignored) so cleanup always runs."""
 
     def handler(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous: dict[int, Callable[..., Any] | int | None] = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        previous[sig] = signal.signal(sig, handler)
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, handler) for sig in caught}
     try:
         yield
     finally:
@@ -975,13 +1067,16 @@ def main(argv: list[str] | None = None) -> int:
             interrupted = True
             log("interrupted: stopping everything")
         finally:
+            # A second Ctrl-C must not cut the cleanup short; it is bounded (grace period, then SIGKILL).
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
             bench.wrk.kill()
             bench.procs.stop_all()
     if interrupted:
         return 130
 
     ratios = compute_ratios(results)
-    print_report(results, ratios, failures, bench.notes, args)
+    print_report(results, ratios, failures, bench.notes, bench.warnings, args)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     report = {
         "timestamp": stamp,
@@ -1005,7 +1100,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": [asdict(r) for r in results],
         "ratios": ratios,
         "runs_with_errors": [f"{r.target}@{r.connections}" for r in results if r.errors],
+        "noisy_runs": [f"{r.target}@{r.connections}" for r in results if r.cpu_pct.get("not_ours", 0) >= NOISY_CPU_PCT],
         "notes": bench.notes,
+        "warnings": bench.warnings,
         "failures": failures,
         "logs": str(log_dir.relative_to(REPO)),
     }
