@@ -20,6 +20,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from muxer_project.errors import APIError, invalid_api_key
+from muxer_project.singleflight import SingleFlight
 
 from . import keys
 from .models import APIKey
@@ -47,6 +48,7 @@ class KeyIdentity:
 
 
 _cache: dict[str, tuple[float, KeyIdentity | None]] = {}
+_loads = SingleFlight()
 
 
 def forget_cached_keys() -> None:
@@ -143,7 +145,7 @@ async def authenticate(authorization: str | None) -> KeyIdentity:
     prefix = keys.lookup_prefix(token)
     found, identity = _cached(prefix)
     if not found:
-        identity = await sync_to_async(_load_in_worker, thread_sensitive=False)(prefix)
+        identity = await _loads.run(prefix, lambda: sync_to_async(_load_in_worker, thread_sensitive=False)(prefix))
         _remember(prefix, identity)
     return _check(token, identity)
 

@@ -110,8 +110,10 @@ async def usage_emit(event: UsageEvent) -> None:
         try:
             await async_redis().xadd(settings.MUXER_USAGE_STREAM, {"e": orjson.dumps(event)})
             return
-        except Exception:  # noqa: BLE001 - any Redis failure: keep the record by writing it directly
-            logger.warning("usage stream unavailable; writing usage %s directly", event["request_id"])
+        except Exception as exc:  # noqa: BLE001 - any Redis failure: keep the record by writing it directly
+            logger.warning(
+                "usage stream unavailable (%s); writing usage %s directly", type(exc).__name__, event["request_id"]
+            )
     await sync_to_async(_write_now, thread_sensitive=False)(event)
 
 

@@ -37,7 +37,7 @@ class APIError(Exception):
         return orjson.dumps(self.body())
 
 
-def invalid_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
+def invalid_request(message: str, *, param: str | None = None, code: str | None = "invalid_request_error") -> APIError:
     return APIError(400, message, type="invalid_request_error", param=param, code=code)
 
 

@@ -18,7 +18,12 @@ def async_redis() -> aioredis.Redis:
     if client is None:
         for stale in [lp for lp in _async_clients if lp.is_closed()]:
             del _async_clients[stale]
-        client = _async_clients[loop] = aioredis.from_url(settings.REDIS_URL)
+        # A blocking pool: a burst beyond the pool waits for a free connection
+        # instead of failing (redis-py's default pool raises MaxConnectionsError).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=settings.MUXER_REDIS_MAX_CONNECTIONS, timeout=5
+        )
+        client = _async_clients[loop] = aioredis.Redis(connection_pool=pool)
     return client
 
 

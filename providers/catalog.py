@@ -18,6 +18,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
+from muxer_project.singleflight import SingleFlight
+
 from .models import Model, ModelKind
 
 
@@ -57,13 +59,16 @@ class Catalog:
         return [m for m in self.models.values() if m.kind == ModelKind.CHAT]
 
 
-def _load() -> Catalog:
+def _load_in_worker() -> Catalog:
+    """The load for ``get_catalog``, on a worker thread whose connection nothing else retires."""
     try:
-        rows = list(
-            Model.objects.filter(enabled=True, provider__enabled=True).select_related("provider").order_by("name")
-        )
+        return _load()
     finally:
         close_old_connections()
+
+
+def _load() -> Catalog:
+    rows = Model.objects.filter(enabled=True, provider__enabled=True).select_related("provider").order_by("name")
     entries: dict[str, CatalogModel] = {}
     for row in rows:
         provider = row.provider
@@ -105,8 +110,14 @@ def _store(catalog: Catalog) -> Catalog:
     return catalog
 
 
+_loads = SingleFlight()
+
+
 async def get_catalog() -> Catalog:
-    return _fresh() or _store(await sync_to_async(_load, thread_sensitive=False)())
+    fresh = _fresh()
+    if fresh is not None:
+        return fresh
+    return _store(await _loads.run("catalog", sync_to_async(_load_in_worker, thread_sensitive=False)))
 
 
 def get_catalog_sync() -> Catalog:

@@ -12,11 +12,10 @@ from accounts.models import Membership, Organization, Role, Team, User
 class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
         model = User
-        skip_postgeneration_save = True
 
     email = factory.Sequence(lambda n: f"user{n}@example.com")
     name = factory.Faker("name")
-    password = factory.PostGenerationMethodCall("set_password", "correct horse battery staple")
+    password = factory.django.Password("correct horse battery staple")
 
 
 class OrganizationFactory(factory.django.DjangoModelFactory[Organization]):

@@ -9,7 +9,7 @@ import httpx
 import orjson
 
 from ..catalog import CatalogModel
-from ..http import http_client
+from ..http import upstream_send
 from .base import Adapter, ChatResult, ChatStream, ProviderError, StreamProgress, Usage
 
 
@@ -70,10 +70,20 @@ def error_from_response(status: int, content: bytes, headers: httpx.Headers, pro
     )
 
 
+def _is_timeout(exc: httpx.HTTPError) -> bool:
+    # httpx-aiohttp maps every aiohttp connection error, a refused connection
+    # included, to httpx.ConnectTimeout; the aiohttp error it chains tells the truth
+    # (aiohttp's timeouts are TimeoutErrors).
+    if exc.__cause__ is not None:
+        return isinstance(exc.__cause__, TimeoutError)
+    return isinstance(exc, httpx.TimeoutException)
+
+
 def error_from_exception(exc: httpx.HTTPError, provider: str) -> ProviderError:
-    if isinstance(exc, httpx.TimeoutException):
+    if _is_timeout(exc):
         return ProviderError(f"{provider} did not answer in time.", status=504, retryable=True, code="upstream_timeout")
-    return ProviderError(f"Could not reach {provider}: {type(exc).__name__}.", status=502, retryable=True)
+    reason = type(exc.__cause__ or exc).__name__
+    return ProviderError(f"Could not reach {provider}: {reason}.", status=502, retryable=True)
 
 
 class OpenAIAdapter(Adapter):
@@ -98,7 +108,7 @@ class OpenAIAdapter(Adapter):
 
     async def chat(self, model: CatalogModel, request: dict[str, Any]) -> ChatResult:
         try:
-            response = await http_client().post(
+            response = await upstream_send(
                 self.url(model), content=self.body(model, request, stream=False), headers=self.headers(model)
             )
         except httpx.HTTPError as exc:
@@ -128,15 +138,13 @@ class OpenAIChatStream(ChatStream):
         self.response: httpx.Response | None = None
 
     async def open(self) -> None:
-        client = http_client()
-        request = client.build_request(
-            "POST",
-            self.adapter.url(self.model),
-            content=self.adapter.body(self.model, self.request, stream=True),
-            headers=self.adapter.headers(self.model),
-        )
         try:
-            response = await client.send(request, stream=True)
+            response = await upstream_send(
+                self.adapter.url(self.model),
+                content=self.adapter.body(self.model, self.request, stream=True),
+                headers=self.adapter.headers(self.model),
+                stream=True,
+            )
         except httpx.HTTPError as exc:
             raise error_from_exception(exc, self.model.provider) from None
         if response.status_code >= 400:

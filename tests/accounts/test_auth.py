@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
 from django.utils import timezone
 from pytest_django import DjangoAssertNumQueries, Settings
 
 from accounts import auth, keys, services
 from accounts.auth import KeyIdentity, authenticate, authenticate_sync
-from accounts.models import Organization, User
+from accounts.models import APIKey, Organization, User
 from muxer_project.errors import APIError
 from tests.factories import TeamFactory, issue_key
 
@@ -50,6 +51,11 @@ def rejected_header(case: str, organization: Organization, owner: User) -> tuple
     raise AssertionError(case)
 
 
+@pytest.fixture(params=REJECTED)
+def rejected(request: pytest.FixtureRequest, organization: Organization, owner: User) -> tuple[str | None, str]:
+    return rejected_header(request.param, organization, owner)
+
+
 def assert_refused(error: APIError, presented_key: str) -> None:
     assert error.status == 401
     assert error.code == "invalid_api_key"
@@ -61,9 +67,8 @@ def assert_refused(error: APIError, presented_key: str) -> None:
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("case", REJECTED)
-def test_authenticate_sync_refuses_with_401(case: str, organization: Organization, owner: User) -> None:
-    header, key = rejected_header(case, organization, owner)
+def test_authenticate_sync_refuses_with_401(rejected: tuple[str | None, str]) -> None:
+    header, key = rejected
 
     with pytest.raises(APIError) as excinfo:
         authenticate_sync(header)
@@ -72,9 +77,8 @@ def test_authenticate_sync_refuses_with_401(case: str, organization: Organizatio
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("case", REJECTED)
-async def test_authenticate_refuses_with_401(case: str, organization: Organization, owner: User) -> None:
-    header, key = rejected_header(case, organization, owner)
+async def test_authenticate_refuses_with_401(rejected: tuple[str | None, str]) -> None:
+    header, key = rejected
 
     with pytest.raises(APIError) as excinfo:
         await authenticate(header)
@@ -118,7 +122,7 @@ def test_a_known_prefix_with_the_wrong_secret_is_refused(organization: Organizat
 
 @pytest.mark.django_db
 def test_authenticate_sync_returns_the_identity_of_a_valid_key(organization: Organization, owner: User) -> None:
-    team = TeamFactory(organization=organization)
+    team = TeamFactory.create(organization=organization)
     organization.allowed_models = ["fake-small", "fake-large"]
     organization.save()
     issued = issue_key(organization, created_by=owner, team=team, allowed_models=("fake-small",))
@@ -142,10 +146,15 @@ def test_the_bearer_scheme_is_case_insensitive(organization: Organization, owner
     assert authenticate_sync(f"bearer {issued.secret}").key_id == issued.api_key.pk
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_authenticate_returns_the_identity_of_a_valid_key(organization: Organization, owner: User) -> None:
-    issued = issue_key(organization, created_by=owner, allowed_models=("fake-large",))
+@pytest.fixture
+def issued(organization: Organization, owner: User) -> services.IssuedKey:
+    return issue_key(organization, created_by=owner, allowed_models=("fake-large",))
 
+
+@pytest.mark.django_db(transaction=True)
+async def test_authenticate_returns_the_identity_of_a_valid_key(
+    issued: services.IssuedKey, organization: Organization
+) -> None:
     identity = await authenticate(f"Bearer {issued.secret}")
 
     assert identity.key_id == issued.api_key.pk
@@ -226,7 +235,7 @@ def cached_then_revoked(organization: Organization, owner: User, clock: FakeCloc
 def test_a_revoked_key_is_served_from_cache_before_the_ttl(
     cached_then_revoked: tuple[str, KeyIdentity],
     clock: FakeClock,
-    django_assert_num_queries: Callable[..., DjangoAssertNumQueries],
+    django_assert_num_queries: DjangoAssertNumQueries,
 ) -> None:
     secret, first = cached_then_revoked
     clock.advance(4.9)
@@ -263,13 +272,21 @@ def test_the_ttl_comes_from_the_setting(
         authenticate_sync(f"Bearer {secret}")
 
 
+def revoke_and_disconnect(api_key: APIKey, actor: User) -> None:
+    """Revoke from asgiref's executor thread, then close that thread's own connection.
+
+    Nothing else retires it, and an open session stops the test database from being dropped.
+    """
+    try:
+        services.api_key_revoke(api_key=api_key, actor=actor)
+    finally:
+        connection.close()
+
+
 @pytest.mark.django_db(transaction=True)
-async def test_the_async_path_also_honours_the_ttl(
-    organization: Organization, owner: User, clock: FakeClock
-) -> None:
-    issued = issue_key(organization, created_by=owner)
+async def test_the_async_path_also_honours_the_ttl(issued: services.IssuedKey, owner: User, clock: FakeClock) -> None:
     await authenticate(f"Bearer {issued.secret}")
-    services.api_key_revoke(api_key=issued.api_key, actor=owner)
+    await sync_to_async(revoke_and_disconnect)(issued.api_key, owner)
 
     clock.advance(4.9)
     assert (await authenticate(f"Bearer {issued.secret}")).key_id == issued.api_key.pk
@@ -290,9 +307,7 @@ def test_forget_cached_keys_makes_revocation_immediate(cached_then_revoked: tupl
 
 
 @pytest.mark.django_db
-def test_an_unknown_key_is_cached_too(
-    clock: FakeClock, django_assert_num_queries: Callable[..., DjangoAssertNumQueries]
-) -> None:
+def test_an_unknown_key_is_cached_too(clock: FakeClock, django_assert_num_queries: DjangoAssertNumQueries) -> None:
     forged = f"Bearer {keys.generate_key()}"
     with django_assert_num_queries(1), pytest.raises(APIError):
         authenticate_sync(forged)
@@ -303,7 +318,7 @@ def test_an_unknown_key_is_cached_too(
 
 @pytest.mark.django_db
 def test_a_malformed_key_costs_no_query(
-    organization: Organization, owner: User, django_assert_num_queries: Callable[..., DjangoAssertNumQueries]
+    organization: Organization, owner: User, django_assert_num_queries: DjangoAssertNumQueries
 ) -> None:
     header = f"Bearer {flip_one_character(issue_key(organization, created_by=owner).secret)}"
 

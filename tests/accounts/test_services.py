@@ -64,7 +64,7 @@ def test_api_key_create_records_an_audit_event(organization: Organization, owner
 
 
 def test_api_key_create_rejects_a_team_from_another_organization(organization: Organization, owner: User) -> None:
-    foreign_team = TeamFactory()
+    foreign_team = TeamFactory.create()
     assert foreign_team.organization_id != organization.pk
 
     with pytest.raises(ValueError, match="another organization"):
@@ -75,7 +75,7 @@ def test_api_key_create_rejects_a_team_from_another_organization(organization: O
 
 
 def test_api_key_create_accepts_a_team_from_the_same_organization(organization: Organization, owner: User) -> None:
-    team = TeamFactory(organization=organization)
+    team = TeamFactory.create(organization=organization)
 
     issued = issue_key(organization, created_by=owner, team=team)
 
@@ -135,7 +135,7 @@ def test_api_key_revoke_keeps_the_first_revocation_time_for_a_stale_instance(
 
 
 def test_organization_create_makes_the_creator_its_owner(db: None) -> None:
-    creator = UserFactory()
+    creator = UserFactory.create()
 
     organization = services.organization_create(name="Acme Labs", owner=creator)
 
@@ -146,7 +146,7 @@ def test_organization_create_makes_the_creator_its_owner(db: None) -> None:
 
 
 def test_organization_create_records_an_audit_event(db: None) -> None:
-    creator = UserFactory()
+    creator = UserFactory.create()
 
     organization = services.organization_create(name="Acme Labs", owner=creator)
 
@@ -156,7 +156,7 @@ def test_organization_create_records_an_audit_event(db: None) -> None:
 
 
 def test_organization_create_deduplicates_slugs(db: None) -> None:
-    creator = UserFactory()
+    creator = UserFactory.create()
 
     slugs = [services.organization_create(name="Acme", owner=creator).slug for _ in range(3)]
 
@@ -164,7 +164,7 @@ def test_organization_create_deduplicates_slugs(db: None) -> None:
 
 
 def test_organization_create_deduplicates_an_explicit_slug(db: None) -> None:
-    creator = UserFactory()
+    creator = UserFactory.create()
     services.organization_create(name="First", owner=creator, slug="shared")
 
     second = services.organization_create(name="Second", owner=creator, slug="shared")
@@ -173,7 +173,7 @@ def test_organization_create_deduplicates_an_explicit_slug(db: None) -> None:
 
 
 def test_organization_create_falls_back_when_the_name_has_no_slug(db: None) -> None:
-    organization = services.organization_create(name="!!!", owner=UserFactory())
+    organization = services.organization_create(name="!!!", owner=UserFactory.create())
 
     assert organization.slug == "org"
 
