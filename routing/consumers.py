@@ -64,10 +64,12 @@ class GatewayConsumer(AsyncConsumer):
         self.response_complete = False
         try:
             if scope["method"] not in self.methods:
+                allowed = ", ".join(sorted(self.methods))
                 raise APIError(
                     405,
-                    f"{scope['method']} is not allowed here; use {', '.join(sorted(self.methods))}.",
+                    f"{scope['method']} is not allowed here; use {allowed}.",
                     code="method_not_allowed",
+                    headers={"allow": allowed},
                 )
             body = await self._read_body(receive, settings.MUXER_MAX_BODY_BYTES)
         except APIError as exc:

@@ -167,7 +167,7 @@ def _check_tools(payload: dict[str, Any]) -> bool:
             raise invalid_request("'tools' must be an array.", param="tools")
         for i, tool in enumerate(tools):
             function = tool.get("function") if isinstance(tool, dict) else None
-            if tool.get("type") != "function" or not isinstance(function, dict) or not function.get("name"):
+            if not isinstance(function, dict) or tool.get("type") != "function" or not function.get("name"):
                 raise invalid_request(
                     f"'tools[{i}]' must be {{'type': 'function', 'function': {{'name': ...}}}}.", param=f"tools[{i}]"
                 )
@@ -218,7 +218,11 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     n = _positive_int(payload, "n")
     if n is not None and n > 128:
         raise invalid_request("'n' must be at most 128.", param="n")
-    max_tokens = _positive_int(payload, "max_completion_tokens") or _positive_int(payload, "max_tokens")
+    # Both are checked; the newer max_completion_tokens wins when both are sent.
+    max_completion_tokens = _positive_int(payload, "max_completion_tokens")
+    max_tokens = _positive_int(payload, "max_tokens")
+    if max_completion_tokens is not None:
+        max_tokens = max_completion_tokens
     seed = payload.get("seed")
     if seed is not None and not _is_int(seed):
         raise invalid_request("'seed' must be an integer.", param="seed")

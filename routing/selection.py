@@ -35,8 +35,9 @@ def _unfit_reason(model: CatalogModel, request: ChatRequest, prompt_tokens: int)
     if request.wants_json and not model.supports_json_mode:
         return "response_format", f"The model '{model.name}' does not support JSON output."
     if request.max_output_tokens is not None and request.max_output_tokens > model.max_output_tokens:
-        return "max_tokens", (
-            f"'max_tokens' is {request.max_output_tokens}, but the model '{model.name}' "
+        name = "max_completion_tokens" if "max_completion_tokens" in request.payload else "max_tokens"
+        return name, (
+            f"'{name}' is {request.max_output_tokens}, but the model '{model.name}' "
             f"writes at most {model.max_output_tokens} tokens."
         )
     if prompt_tokens + (request.max_output_tokens or 0) > model.context_window:

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -25,11 +25,6 @@ class ModelSerializer(serializers.Serializer[Any]):
     owned_by = serializers.CharField()
 
 
-class ModelListSerializer(serializers.Serializer[Any]):
-    object = serializers.CharField()
-    data = ModelSerializer(many=True)
-
-
 def key_identity(request: Request) -> KeyIdentity:
     assert isinstance(request.auth, KeyIdentity)
     return request.auth
@@ -40,7 +35,12 @@ class ModelListView(APIView):
 
     authentication_classes = [APIKeyAuthentication]
 
-    @extend_schema(operation_id="v1_models_list", responses=ModelListSerializer)
+    @extend_schema(
+        operation_id="v1_models_list",
+        responses=inline_serializer(
+            "ModelList", fields={"object": serializers.CharField(), "data": ModelSerializer(many=True)}
+        ),
+    )
     def get(self, request: Request) -> Response:
         identity = key_identity(request)
         data = [

@@ -30,6 +30,8 @@ from providers.services import catalog_sync_defaults
 from .factories import MembershipFactory, OrganizationFactory, UserFactory, issue_key
 
 ROOT = Path(__file__).resolve().parent.parent
+# Factories hash a password per user; the real hasher is deliberately slow.
+settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -235,3 +237,7 @@ def gateway(
         yield Gateway(url=url, usage_stream=stream, log=log)
     finally:
         stop(process)
+        if settings.REDIS_URL:
+            from muxer_project.redis import sync_redis
+
+            sync_redis().delete(stream)

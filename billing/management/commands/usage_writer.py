@@ -17,7 +17,7 @@ class Command(BaseCommand):
             "--linger-ms",
             type=int,
             default=250,
-            help="After a partial batch, wait this long so the next one is fuller: one commit per batch, not per event.",
+            help="After a partial batch, wait this long so the next is fuller: one commit per batch, not per event.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
