@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from django.views import defaults
+from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
@@ -10,6 +11,7 @@ from routing import errors
 from routing import views as routing_views
 
 urlpatterns = [
+    path("", TemplateView.as_view(template_name="index.html"), name="index"),
     path("healthz", routing_views.healthz, name="healthz"),
     path("readyz", routing_views.readyz, name="readyz"),
     path("v1/models", routing_views.ModelListView.as_view(), name="v1-models"),
