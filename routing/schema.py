@@ -77,6 +77,11 @@ class ChatRequest:
     wants_json: bool
 
 
+def _one_of(value: Any, allowed: frozenset[str]) -> bool:
+    # A membership test on a list or dict would raise TypeError (unhashable), not say no.
+    return isinstance(value, str) and value in allowed
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -118,7 +123,7 @@ def _check_content(content: Any, index: int, role: str) -> bool:
     has_image = False
     for j, part in enumerate(content):
         part_param = f"{param}[{j}]"
-        if not isinstance(part, dict) or part.get("type") not in PART_TYPES:
+        if not isinstance(part, dict) or not _one_of(part.get("type"), PART_TYPES):
             raise invalid_request(
                 f"'{part_param}' must be an object whose 'type' is one of {sorted(PART_TYPES)}.", param=part_param
             )
@@ -145,7 +150,7 @@ def _check_messages(messages: Any) -> bool:
         if not isinstance(message, dict):
             raise invalid_request(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
         role = message.get("role")
-        if role not in ROLES:
+        if not _one_of(role, ROLES):
             raise invalid_request(f"'messages[{i}].role' must be one of {sorted(ROLES)}.", param=f"messages[{i}].role")
         if role == "assistant" and message.get("content") is None and not message.get("tool_calls"):
             raise invalid_request(f"'messages[{i}]' needs 'content' or 'tool_calls'.", param=f"messages[{i}].content")
@@ -183,7 +188,7 @@ def _check_response_format(payload: dict[str, Any]) -> bool:
     response_format = payload.get("response_format")
     if response_format is None:
         return False
-    if not isinstance(response_format, dict) or response_format.get("type") not in RESPONSE_FORMATS:
+    if not isinstance(response_format, dict) or not _one_of(response_format.get("type"), RESPONSE_FORMATS):
         raise invalid_request(
             f"'response_format.type' must be one of {sorted(RESPONSE_FORMATS)}.", param="response_format"
         )

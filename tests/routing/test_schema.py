@@ -239,3 +239,18 @@ def test_it_names_the_first_unknown_argument_alphabetically() -> None:
 
     assert error.param == "alpha"
     assert error.message == "Unrecognized request argument supplied: alpha"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"messages": [{"role": ["user"], "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": [{"type": {"text": 1}}]}]}, "messages[0].content[0]"),
+        ({"response_format": {"type": ["json_object"]}}, "response_format"),
+    ],
+)
+def test_it_rejects_unhashable_values_where_a_name_is_expected(fields: dict[str, Any], param: str) -> None:
+    # Found by fuzzing: a list or object here used to escape as a TypeError (a 500).
+    error = rejection(**fields)
+
+    assert (error.status, error.param) == (400, param)
