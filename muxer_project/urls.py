@@ -28,6 +28,12 @@ urlpatterns = [
 ]
 
 
+def handler400(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith(("/v1/", "/api/")):
+        return errors.json_400(request, exception)
+    return defaults.bad_request(request, exception)
+
+
 def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
     if request.path.startswith(("/v1/", "/api/")):
         return errors.json_404(request, exception)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -38,6 +39,9 @@ def _first_problem(detail: Any, path: str = "") -> tuple[str | None, str]:
 def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, APIError):
         return Response(exc.body(), status=exc.status, headers=exc.headers)
+    if isinstance(exc, RequestDataTooBig):
+        too_big = APIError(413, "The request body is larger than the API's limit.", code="request_too_large")
+        return Response(too_big.body(), status=413)
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -63,6 +67,20 @@ def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonRe
             }
         },
         status=404,
+    )
+
+
+def json_400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse(
+        {
+            "error": {
+                "message": "Bad request.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_request_error",
+            }
+        },
+        status=400,
     )
 
 

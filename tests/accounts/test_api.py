@@ -451,3 +451,15 @@ def test_a_garbage_bearer_token_gets_401(client: APIClient) -> None:
     response = client.get(reverse("org-list"))
 
     assert_openai_error(response, 401, code="invalid_api_key")
+
+
+def test_an_oversized_body_gets_413_in_openai_shape(tenant: Any, catalog: None) -> None:
+    client = APIClient()
+    client.force_authenticate(tenant.owner)
+    body = b'{"name": "' + b"x" * 3_000_000 + b'"}'  # over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB)
+
+    response = client.post(f"/api/orgs/{tenant.organization.slug}/keys/", body, content_type="application/json")
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert APIKey.objects.count() == 0
