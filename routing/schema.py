@@ -150,7 +150,7 @@ def _check_messages(messages: Any) -> bool:
         if not isinstance(message, dict):
             raise invalid_request(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
         role = message.get("role")
-        if not _one_of(role, ROLES):
+        if not isinstance(role, str) or role not in ROLES:
             raise invalid_request(f"'messages[{i}].role' must be one of {sorted(ROLES)}.", param=f"messages[{i}].role")
         if role == "assistant" and message.get("content") is None and not message.get("tool_calls"):
             raise invalid_request(f"'messages[{i}]' needs 'content' or 'tool_calls'.", param=f"messages[{i}].content")
