@@ -55,7 +55,6 @@ import asyncio
 import functools
 import os
 import random
-import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -125,6 +124,16 @@ _MIDSTREAM_ERROR = {
 
 _getrandbits = random.getrandbits
 _perf_counter = time.perf_counter
+
+
+DialectHandler = Callable[["FakeUpstream", Scope, Receive, Send], Awaitable[None]]
+# Other wire formats (providers/fake_wire/*) register here: path prefix -> handler.
+_DIALECTS: list[tuple[str, DialectHandler]] = []
+
+
+def register_dialect(prefix: str, handler: DialectHandler) -> None:
+    """Serve every path under ``prefix`` with ``handler`` (checked after the OpenAI routes)."""
+    _DIALECTS.append((prefix, handler))
 
 
 class BadRequestError(Exception):
@@ -519,6 +528,10 @@ class FakeUpstream:
                 await _send_json(send, 200, orjson.dumps(self.stats.as_dict()), _JSON_HEADERS)
                 return
         else:
+            for prefix, handler in _DIALECTS:
+                if path.startswith(prefix):
+                    await handler(self, scope, receive, send)
+                    return
             body = _error_body(f"Invalid URL ({method} {path})", "invalid_request_error", None, None)
             await _send_json(send, 404, body, _JSON_HEADERS)
             return
@@ -1016,5 +1029,21 @@ def main(argv: list[str] | None = None) -> None:
     serve(args.host, args.port, args.latency_ms, args.workers)
 
 
+def _register_dialects() -> None:
+    # Imported late: the dialect modules build on the helpers defined above.
+    from providers.fake_wire import register_all
+
+    if not _DIALECTS:
+        register_all()
+
+
+if __name__ != "__main__":
+    _register_dialects()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # Run the canonical module, not this __main__ copy: the dialect modules
+    # register their routes on ``providers.fake_upstream``.
+    from providers.fake_upstream import main as canonical_main
+
+    canonical_main()

@@ -251,7 +251,7 @@ class ChatCompletionsConsumer(GatewayConsumer):
         return APIError(error.status, error.message, type=error.type, code=error.code, headers=headers)
 
     async def _complete(self, identity: KeyIdentity, request: ChatRequest, model: CatalogModel, reason: str) -> None:
-        adapter = adapter_for(model.wire_format)
+        adapter = adapter_for(model)
         assert adapter is not None
         upstream_started = time.perf_counter()
         try:
@@ -272,7 +272,7 @@ class ChatCompletionsConsumer(GatewayConsumer):
         await usage_emit(event)
 
     async def _stream(self, identity: KeyIdentity, request: ChatRequest, model: CatalogModel, reason: str) -> None:
-        adapter = adapter_for(model.wire_format)
+        adapter = adapter_for(model)
         assert adapter is not None
         stream = adapter.stream(model, request.payload)
         try:

@@ -21,7 +21,7 @@ AUTO = "auto"
 
 def servable(model: CatalogModel) -> bool:
     """Whether the gateway can call this model: its provider has credentials and an adapter."""
-    return model.configured and adapter_for(model.wire_format) is not None
+    return model.configured and adapter_for(model) is not None
 
 
 def _unfit_reason(model: CatalogModel, request: ChatRequest, prompt_tokens: int) -> tuple[str, str] | None:

@@ -180,11 +180,35 @@ def fake_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpst
         stop(process)
 
 
+# Where each provider's dialect lives on the fake upstream, and a stand-in credential.
+FAKE_PROVIDER_PATHS = {
+    "fake": ("/v1", None),
+    "openai": ("/v1", "OPENAI_API_KEY"),
+    "anthropic": ("/anthropic/v1", "ANTHROPIC_API_KEY"),
+    "gemini": ("/gemini/v1beta", "GEMINI_API_KEY"),
+    "mistral": ("/mistral/v1", "MISTRAL_API_KEY"),
+    "groq": ("/groq/openai/v1", "GROQ_API_KEY"),
+    "together": ("/together/v1", "TOGETHER_API_KEY"),
+    "cohere": ("/cohere/v2", "COHERE_API_KEY"),
+}
+
+
+def provider_env(fake_url: str) -> dict[str, str]:
+    """Environment that points every provider at the fake upstream, each with a credential."""
+    env: dict[str, str] = {}
+    for slug, (path, key_env) in FAKE_PROVIDER_PATHS.items():
+        env[f"MUXER_{slug.upper()}_BASE_URL"] = f"{fake_url}{path}"
+        if key_env:
+            env[key_env] = f"test-{slug}-key"
+    return env
+
+
 @pytest.fixture
 def upstream(fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> FakeUpstream:
-    """The fake upstream, reset, with the in-process catalog pointed at it."""
+    """The fake upstream, reset, with every provider in the in-process catalog pointed at it."""
     fake_upstream.reset()
-    monkeypatch.setenv("MUXER_FAKE_BASE_URL", fake_upstream.base_url)
+    for name, value in provider_env(fake_upstream.url).items():
+        monkeypatch.setenv(name, value)
     forget_catalog()
     return fake_upstream
 
@@ -219,7 +243,7 @@ def gateway(
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),
-        "MUXER_FAKE_BASE_URL": fake_upstream.base_url,
+        **provider_env(fake_upstream.url),
         "MUXER_KEY_CACHE_SECONDS": "0.5",
         "MUXER_CATALOG_CACHE_SECONDS": "0.5",
         "MUXER_USAGE_STREAM": stream,

@@ -1,0 +1,7 @@
+"""The fake upstream's gemini dialect (not written yet)."""
+
+from __future__ import annotations
+
+
+def register() -> None:
+    """Add this dialect's routes with `providers.fake_upstream.register_dialect`."""
