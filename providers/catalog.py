@@ -41,6 +41,7 @@ class CatalogModel:
     supports_vision: bool
     supports_json_mode: bool
     created: int
+    fallbacks: tuple[str, ...] = ()
 
     @property
     def configured(self) -> bool:
@@ -91,6 +92,7 @@ def _load() -> Catalog:
             supports_vision=row.supports_vision,
             supports_json_mode=row.supports_json_mode,
             created=int(row.created_at.timestamp()),
+            fallbacks=tuple(row.fallbacks or ()),
         )
     return Catalog(models=entries)
 

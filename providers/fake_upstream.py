@@ -216,22 +216,44 @@ def _parse_count(raw: str) -> int:
     return value
 
 
-def _apply_directives(text: str, controls: Controls) -> tuple[str, Controls]:
-    """Apply every ``[fake k=v ...]`` in text; return the text without them."""
+# How often each `times=N` directive has fired, by its text (reset by /_fake/reset).
+_DIRECTIVE_USES: dict[str, int] = {}
+
+
+def _apply_directives(text: str, controls: Controls, model: str | None = None) -> tuple[str, Controls]:
+    """Apply every ``[fake k=v ...]`` in text; return the text without them.
+
+    Two keys scope a directive rather than set a control: ``model=NAME`` applies
+    it only to requests for that model (so a gateway's fallback to another
+    model gets a clean answer), and ``times=N`` applies it to the first N
+    requests that carry it (so a gateway's retry can succeed).
+    """
     controls = controls.copy()
     start = text.find(DIRECTIVE_OPEN)
     while start != -1:
         end = text.find("]", start)
         if end == -1:
             raise BadRequestError("Unterminated [fake ...] directive.", "messages")
-        for token in text[start + len(DIRECTIVE_OPEN) : end].split():
+        directive = text[start + len(DIRECTIVE_OPEN) : end]
+        pairs: list[tuple[str, str]] = []
+        for token in directive.split():
             key, sep, value = token.partition("=")
             if not sep:
                 raise BadRequestError(
                     f"Malformed fake directive token {token!r}; expected key=value.",
                     "messages",
                 )
-            controls.set(key, value, "directive")
+            pairs.append((key, value))
+        scope = dict(pairs)
+        applies = model is None or scope.get("model", model) == model
+        if applies and "times" in scope:
+            uses = _DIRECTIVE_USES.get(directive, 0)
+            applies = uses < _parse_count(scope["times"])
+            _DIRECTIVE_USES[directive] = uses + 1
+        if applies:
+            for key, value in pairs:
+                if key not in ("model", "times"):
+                    controls.set(key, value, "directive")
         text = text[:start] + text[end + 1 :]
         start = text.find(DIRECTIVE_OPEN, start)
     return text, controls
@@ -525,6 +547,7 @@ class FakeUpstream:
         elif path == "/_fake/reset":
             if method == "POST":
                 self.stats = Stats()
+                _DIRECTIVE_USES.clear()
                 await _send_json(send, 200, orjson.dumps(self.stats.as_dict()), _JSON_HEADERS)
                 return
         else:
@@ -702,7 +725,7 @@ class FakeUpstream:
         limit = _max_words(data)
 
         if DIRECTIVE_OPEN in last_user_text:
-            last_user_text, controls = _apply_directives(last_user_text, controls)
+            last_user_text, controls = _apply_directives(last_user_text, controls, model)
         tool = _tool_name(data, role == "user", last_user_text)
 
         words: tuple[str, ...] | list[str]

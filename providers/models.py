@@ -46,6 +46,11 @@ class Model(models.Model):
     supports_vision = models.BooleanField(default=False)
     supports_json_mode = models.BooleanField(default=False)
     enabled = models.BooleanField(default=True)
+    fallbacks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Model names to try, in order, when this model's provider fails with a retryable error.",
+    )
     price_source = models.URLField(blank=True)
     price_as_of = models.DateField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -15,24 +15,28 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
 from channels.consumer import AsyncConsumer
+from django.conf import settings
 
 from accounts.auth import KeyIdentity, authenticate
 from billing.pricing import cost_usd
 from billing.tokens import estimate_prompt_tokens, estimate_text_tokens
 from billing.usage import UsageEvent, usage_emit
 from muxer_project.errors import APIError
-from providers.adapters import ProviderError, Usage, adapter_for
+from providers.adapters import ChatResult, ChatStream, ProviderError, Usage, adapter_for
 from providers.catalog import CatalogModel, get_catalog
+from providers.resilience import backoff_seconds, breaker, counts_against_provider
 
 from .schema import ChatRequest, parse_chat_request, too_large
-from .selection import AUTO, select_model
+from .selection import RouteDecision, select_route
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 JSON = b"application/json"
 Headers = list[tuple[bytes, bytes]]
@@ -54,8 +58,6 @@ class GatewayConsumer(AsyncConsumer):
     methods = frozenset({"POST"})
 
     async def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:  # type: ignore[override]
-        from django.conf import settings
-
         self.scope = scope
         self._send = send
         self.started = time.perf_counter()
@@ -184,18 +186,153 @@ def _completion_chars(body: dict[str, Any]) -> int:
     return chars
 
 
+def circuit_open(model: CatalogModel) -> ProviderError:
+    return ProviderError(
+        f"{model.provider} is failing; its circuit for '{model.name}' is open.",
+        status=503,
+        retryable=True,
+        code="circuit_open",
+    )
+
+
+@dataclass(slots=True)
+class OpenedStream:
+    stream: ChatStream
+    chunks: AsyncGenerator[dict[str, Any], None]
+
+
+async def open_stream(stream: ChatStream) -> OpenedStream:
+    """Open a provider stream and wait for its first chunk, within the first-byte timeout.
+
+    Nothing reaches the client before this returns, so a failure up to here
+    (refused, reset, an error event or an empty stream) can still be retried
+    or sent to a fallback.
+    """
+    chunks: AsyncGenerator[dict[str, Any], None] | None = None
+    try:
+        async with asyncio.timeout(settings.MUXER_UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS):
+            await stream.open()
+            chunks = as_generator(stream.chunks())
+            first = await anext(chunks)
+    except TimeoutError:
+        await _discard(stream, chunks)
+        raise ProviderError(
+            "The provider sent nothing in time.", status=504, retryable=True, code="upstream_timeout"
+        ) from None
+    except StopAsyncIteration:
+        await _discard(stream, chunks)
+        raise ProviderError("The provider ended the stream without content.", status=502, retryable=True) from None
+    except BaseException:
+        await _discard(stream, chunks)
+        raise
+    if stream.progress.error is not None:
+        await _discard(stream, chunks)
+        error = stream.progress.error
+        raise ProviderError(
+            f"The provider failed before streaming: {str(error.get('message') or 'error')[:300]}",
+            status=502,
+            retryable=True,
+            code=str(error.get("code") or "upstream_error"),
+        )
+    return OpenedStream(stream=stream, chunks=_prepend(first, chunks))
+
+
+def as_generator(chunks: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[dict[str, Any], None]:
+    """Any async iterator as an async generator, which can be closed explicitly."""
+
+    async def generator() -> AsyncGenerator[dict[str, Any], None]:
+        async for chunk in chunks:
+            yield chunk
+
+    return generator()
+
+
+async def _prepend(
+    first: dict[str, Any], rest: AsyncGenerator[dict[str, Any], None]
+) -> AsyncGenerator[dict[str, Any], None]:
+    yield first
+    try:
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
+
+
+async def _discard(stream: ChatStream, chunks: AsyncGenerator[dict[str, Any], None] | None) -> None:
+    if chunks is not None:
+        await chunks.aclose()
+    await stream.close()
+
+
 class ChatCompletionsConsumer(GatewayConsumer):
     """``POST /v1/chat/completions``, streamed and not."""
 
     async def handle(self, body: bytes) -> None:
         identity = await authenticate(self.header(b"authorization"))
         request = parse_chat_request(body)
-        model = select_model(catalog=await get_catalog(), identity=identity, request=request)
-        reason = "auto:cheapest-capable" if request.model == AUTO else "explicit"
+        requested_fallbacks = tuple(
+            name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip()
+        )
+        route = select_route(
+            catalog=await get_catalog(),
+            identity=identity,
+            request=request,
+            requested_fallbacks=requested_fallbacks,
+        )
         if request.stream:
-            await self._stream(identity, request, model, reason)
+            await self._stream(identity, request, route)
         else:
-            await self._complete(identity, request, model, reason)
+            await self._complete(identity, request, route)
+
+    async def _call_route(
+        self,
+        identity: KeyIdentity,
+        request: ChatRequest,
+        route: RouteDecision,
+        start: Callable[[CatalogModel], Awaitable[T]],
+    ) -> tuple[CatalogModel, T]:
+        """Call the route's models in order until one answers.
+
+        A retryable failure is retried on the same model with backoff, then the
+        next model takes over; everything stays within the retry budget. A model
+        whose circuit is open is skipped. A non-retryable failure that is the
+        client's fault (a 400) ends the chain: another model would refuse it too.
+        Only the final outcome becomes a usage record.
+        """
+        deadline = time.monotonic() + settings.MUXER_RETRY_BUDGET_SECONDS
+        last: tuple[CatalogModel, ProviderError] | None = None
+        self.attempts = 0
+        for model in route.chain:
+            if not await breaker.allow(model):
+                last = last or (model, circuit_open(model))
+                continue
+            for attempt in range(settings.MUXER_RETRY_ATTEMPTS_PER_MODEL):
+                self.attempts += 1
+                try:
+                    result = await start(model)
+                except ProviderError as error:
+                    last = (model, error)
+                    if counts_against_provider(error):
+                        await breaker.record(model, ok=False)
+                    if not error.retryable:
+                        if error.status < 500:
+                            await self._record_failure(identity, request, model, error)
+                            raise self._client_error(error) from None
+                        break  # our credentials for this provider: try the next one
+                    delay = backoff_seconds(attempt, error.retry_after)
+                    if attempt + 1 == settings.MUXER_RETRY_ATTEMPTS_PER_MODEL:
+                        break
+                    if time.monotonic() + delay > deadline:
+                        break
+                    await asyncio.sleep(delay)
+                else:
+                    await breaker.record(model, ok=True)
+                    return model, result
+            if time.monotonic() > deadline:
+                break
+        assert last is not None, "a route always has a model"
+        await self._record_failure(identity, request, *last)
+        raise self._client_error(last[1]) from None
 
     def _usage_event(
         self,
@@ -250,37 +387,38 @@ class ChatCompletionsConsumer(GatewayConsumer):
         headers = {"retry-after": error.retry_after} if error.retry_after else None
         return APIError(error.status, error.message, type=error.type, code=error.code, headers=headers)
 
-    async def _complete(self, identity: KeyIdentity, request: ChatRequest, model: CatalogModel, reason: str) -> None:
-        adapter = adapter_for(model)
-        assert adapter is not None
+    def _route_headers(self, model: CatalogModel, route: RouteDecision) -> Headers:
+        reason = route.reason if model is route.model else f"{route.reason};fallback-from={route.model.name}"
+        return [*_muxer_headers(model, reason), (b"x-muxer-attempts", str(self.attempts).encode())]
+
+    async def _complete(self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision) -> None:
+        async def start(model: CatalogModel) -> ChatResult:
+            adapter = adapter_for(model)
+            assert adapter is not None
+            return await adapter.chat(model, request.payload)
+
         upstream_started = time.perf_counter()
-        try:
-            result = await adapter.chat(model, request.payload)
-        except ProviderError as error:
-            await self._record_failure(identity, request, model, error)
-            raise self._client_error(error) from None
+        model, result = await self._call_route(identity, request, route, start)
         upstream_ms = (time.perf_counter() - upstream_started) * 1000
         usage = result.usage
         if usage.estimated:
             usage.input_tokens = estimate_prompt_tokens(request.payload["messages"])
             usage.output_tokens = estimate_text_tokens(_completion_chars(result.body))
         event = self._usage_event(identity, model, usage, status="ok", http_status=200, stream=False)
-        headers = _muxer_headers(model, reason)
+        headers = self._route_headers(model, route)
         headers.append((b"x-muxer-cost-usd", event["cost_usd"].encode()))
         headers.append((b"x-muxer-overhead-ms", f"{self.elapsed_ms() - upstream_ms:.1f}".encode()))
         await self.send_json(200, orjson.dumps(result.body), headers)
         await usage_emit(event)
 
-    async def _stream(self, identity: KeyIdentity, request: ChatRequest, model: CatalogModel, reason: str) -> None:
-        adapter = adapter_for(model)
-        assert adapter is not None
-        stream = adapter.stream(model, request.payload)
-        try:
-            await stream.open()
-        except ProviderError as error:
-            await self._record_failure(identity, request, model, error)
-            raise self._client_error(error) from None
+    async def _stream(self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision) -> None:
+        async def start(model: CatalogModel) -> OpenedStream:
+            adapter = adapter_for(model)
+            assert adapter is not None
+            return await open_stream(adapter.stream(model, request.payload))
 
+        model, opened = await self._call_route(identity, request, route, start)
+        stream, chunks = opened.stream, opened.chunks
         progress = stream.progress
         status, http_status, error_code = "ok", 200, ""
         first: dict[str, Any] | None = None
@@ -288,9 +426,9 @@ class ChatCompletionsConsumer(GatewayConsumer):
             await self.start_response(
                 200,
                 b"text/event-stream",
-                [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"), *_muxer_headers(model, reason)],
+                [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"), *self._route_headers(model, route)],
             )
-            async for chunk in stream.chunks():
+            async for chunk in chunks:
                 if first is None and "choices" in chunk:
                     first = chunk
                 if request.include_usage and "choices" in chunk:
@@ -321,6 +459,7 @@ class ChatCompletionsConsumer(GatewayConsumer):
             status, http_status, error_code = "client_disconnected", 499, "client_disconnected"
             raise
         finally:
+            await chunks.aclose()
             await stream.close()
             usage = self._settled_usage(request, progress.usage, progress.completion_chars)
             await usage_emit(

@@ -7,6 +7,9 @@ request; the routing engine replaces this with its strategies.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from decimal import Decimal
+
 from accounts.auth import KeyIdentity
 from billing.tokens import estimate_prompt_tokens
 from muxer_project.errors import APIError, invalid_request, model_not_found, permission_denied
@@ -48,6 +51,67 @@ def _unfit_reason(model: CatalogModel, request: ChatRequest, prompt_tokens: int)
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """The model to call first, the ones to fall back to in order, and why."""
+
+    model: CatalogModel
+    reason: str
+    fallbacks: tuple[CatalogModel, ...] = ()
+
+    @property
+    def chain(self) -> tuple[CatalogModel, ...]:
+        return (self.model, *self.fallbacks)
+
+
+# For `auto`, how many next-cheapest capable models (on other providers) back up the first.
+AUTO_FALLBACKS = 2
+
+
+def select_route(
+    *, catalog: Catalog, identity: KeyIdentity, request: ChatRequest, requested_fallbacks: tuple[str, ...] = ()
+) -> RouteDecision:
+    """Pick the model, then the fallbacks: those the request names, else the catalog's, else (for
+    ``auto``) the next cheapest capable models on other providers. Fallbacks the key may not use or
+    that cannot serve the request are skipped, not errors."""
+    prompt_tokens = estimate_prompt_tokens(request.payload["messages"])
+    model = select_model(catalog=catalog, identity=identity, request=request)
+
+    def usable(candidate: CatalogModel | None) -> bool:
+        return (
+            candidate is not None
+            and candidate.name != model.name
+            and candidate.kind == ModelKind.CHAT
+            and servable(candidate)
+            and identity.may_use(candidate.name)
+            and _unfit_reason(candidate, request, prompt_tokens) is None
+        )
+
+    names = requested_fallbacks or model.fallbacks
+    fallbacks: list[CatalogModel] = []
+    for name in names:
+        candidate = catalog.get(name)
+        if usable(candidate) and candidate not in fallbacks:
+            assert candidate is not None
+            fallbacks.append(candidate)
+    if not names and request.model == AUTO:
+        others = sorted(
+            (m for m in catalog.chat_models() if m.provider != model.provider and usable(m)),
+            key=_price_key,
+        )
+        for candidate in others:
+            if all(candidate.provider != f.provider for f in fallbacks):
+                fallbacks.append(candidate)
+            if len(fallbacks) == AUTO_FALLBACKS:
+                break
+    reason = "auto:cheapest-capable" if request.model == AUTO else "explicit"
+    return RouteDecision(model=model, reason=reason, fallbacks=tuple(fallbacks))
+
+
+def _price_key(model: CatalogModel) -> tuple[Decimal, str]:
+    return (model.input_price_per_mtok_usd + model.output_price_per_mtok_usd, model.name)
+
+
 def select_model(*, catalog: Catalog, identity: KeyIdentity, request: ChatRequest) -> CatalogModel:
     prompt_tokens = estimate_prompt_tokens(request.payload["messages"])
     if request.model == AUTO:
@@ -63,7 +127,7 @@ def select_model(*, catalog: Catalog, identity: KeyIdentity, request: ChatReques
                 code="no_model_available",
                 param="model",
             )
-        return min(candidates, key=lambda m: (m.input_price_per_mtok_usd + m.output_price_per_mtok_usd, m.name))
+        return min(candidates, key=_price_key)
 
     model = catalog.get(request.model)
     if model is None or model.kind != ModelKind.CHAT:

@@ -14,6 +14,7 @@ from accounts.api import APIKeyAuthentication
 from accounts.auth import KeyIdentity
 from muxer_project.errors import model_not_found
 from providers.catalog import get_catalog_sync
+from providers.resilience import open_circuits
 
 from .selection import servable
 
@@ -83,6 +84,12 @@ def readyz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:  # noqa: BLE001
         checks["cache"] = type(exc).__name__
     healthy = all(v == "ok" for v in checks.values())
+    # Open circuits are reported, not fatal: the instance can still serve other models.
+    try:
+        circuits: dict[str, str] | str = open_circuits()
+    except Exception as exc:  # noqa: BLE001
+        circuits = type(exc).__name__
     return JsonResponse(
-        {"status": "ok" if healthy else "unavailable", "checks": checks}, status=200 if healthy else 503
+        {"status": "ok" if healthy else "unavailable", "checks": checks, "circuits": circuits},
+        status=200 if healthy else 503,
     )

@@ -24,7 +24,9 @@ from django.db import connection
 
 from accounts.auth import forget_cached_keys
 from accounts.models import Organization, Role, User
+from muxer_project.redis import sync_redis
 from providers.catalog import forget_catalog
+from providers.resilience import breaker
 from providers.services import catalog_sync_defaults
 
 from .factories import MembershipFactory, OrganizationFactory, UserFactory, issue_key
@@ -32,6 +34,10 @@ from .factories import MembershipFactory, OrganizationFactory, UserFactory, issu
 ROOT = Path(__file__).resolve().parent.parent
 # Factories hash a password per user; the real hasher is deliberately slow.
 settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Tests inject provider failures on purpose; only the breaker's own tests should trip it.
+BREAKER_OFF = {"MUXER_BREAKER_FAILURE_THRESHOLD": "1000000", "MUXER_BREAKER_MIN_REQUESTS": "1000000"}
+settings.MUXER_BREAKER_FAILURE_THRESHOLD = int(BREAKER_OFF["MUXER_BREAKER_FAILURE_THRESHOLD"])
+settings.MUXER_BREAKER_MIN_REQUESTS = int(BREAKER_OFF["MUXER_BREAKER_MIN_REQUESTS"])
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -55,13 +61,22 @@ def _fail_missing_service(request: pytest.FixtureRequest) -> None:
     pytest.fail("a required service (PostgreSQL or Redis) is not configured under CI")
 
 
+def _forget_process_state() -> None:
+    forget_cached_keys()
+    forget_catalog()
+    breaker.forget()
+    if settings.REDIS_URL:
+        client = sync_redis()
+        stale = [*client.scan_iter(match="muxer:cb*", count=1000)]
+        if stale:
+            client.delete(*stale)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_process_caches() -> Iterator[None]:
-    forget_cached_keys()
-    forget_catalog()
+    _forget_process_state()
     yield
-    forget_cached_keys()
-    forget_catalog()
+    _forget_process_state()
 
 
 @pytest.fixture
@@ -244,6 +259,7 @@ def gateway(
         **os.environ,
         "DATABASE_URL": database_url(),
         **provider_env(fake_upstream.url),
+        **BREAKER_OFF,
         "MUXER_KEY_CACHE_SECONDS": "0.5",
         "MUXER_CATALOG_CACHE_SECONDS": "0.5",
         "MUXER_USAGE_STREAM": stream,

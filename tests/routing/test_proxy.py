@@ -8,190 +8,41 @@ straight to the database otherwise.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
-from asgiref.sync import sync_to_async
-from channels.testing import ApplicationCommunicator, HttpCommunicator
-from django.conf import settings
-from django.db import connections
-from django.utils import timezone
+from channels.testing import ApplicationCommunicator
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from accounts import keys
 from accounts.models import Organization, User
-from accounts.services import api_key_revoke
-from audit.models import AuditEvent
 from billing.models import UsageRecord, UsageStatus
-from billing.usage import usage_drain, usage_pending
-from muxer_project import redis as muxer_redis
+from billing.usage import usage_pending
 from muxer_project.asgi import application
 from providers.catalog import forget_catalog
-from providers.http import close_http_client
 from providers.models import Model
 from tests.conftest import FakeUpstream, free_port
-from tests.factories import issue_key
+from tests.routing.harness import (
+    HELLO,
+    HELLO_REPLY,
+    PATH,
+    TIMEOUT,
+    Reply,
+    assert_nothing_recorded,
+    audit_count,
+    chat,
+    data_chunks,
+    in_thread,
+    post,
+    request_headers,
+    sse_events,
+    upstream_stats,
+    usage_rows,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-T = TypeVar("T")
-PATH = "/v1/chat/completions"
-TIMEOUT = 15.0
-# "Hello gateway": 13 characters -> 4 prompt tokens; "Fake reply to: Hello gateway" -> 5 words.
-HELLO = "Hello gateway"
-HELLO_REPLY = "Fake reply to: Hello gateway"
-
-
-# --- harness -------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-    @property
-    def error(self) -> dict[str, Any]:
-        error: dict[str, Any] = self.json()["error"]
-        return error
-
-
-@pytest.fixture(autouse=True)
-def usage_stream(settings: SettingsWrapper) -> Iterator[str]:
-    """A stream of this test's own, shared by the in-process consumer and the drain."""
-    name = f"muxer:usage:test:{uuid.uuid4().hex}"
-    settings.MUXER_USAGE_STREAM = name
-    yield name
-    if settings.REDIS_URL:
-        muxer_redis.sync_redis().delete(name)
-
-
-@pytest.fixture(autouse=True)
-async def _close_loop_clients() -> AsyncIterator[None]:
-    """Each test has its own event loop; close the clients the gateway opened on it."""
-    yield
-    await close_http_client()
-    client = muxer_redis._async_clients.pop(asyncio.get_running_loop(), None)
-    if client is not None:
-        await client.aclose()
-
-
-@pytest.fixture
-def limited_key(organization: Organization, owner: User, catalog: None) -> str:
-    return issue_key(organization, created_by=owner, allowed_models=("fake-large",)).secret
-
-
-@pytest.fixture
-def revoked_key(organization: Organization, owner: User, catalog: None) -> str:
-    issued = issue_key(organization, created_by=owner)
-    api_key_revoke(api_key=issued.api_key, actor=owner)
-    return issued.secret
-
-
-@pytest.fixture
-def expired_key(organization: Organization, owner: User, catalog: None) -> str:
-    return issue_key(organization, created_by=owner, expires_at=timezone.now() - timedelta(minutes=1)).secret
-
-
-def chat(content: str = HELLO, *, model: str = "fake-small", **extra: Any) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
-
-
-def _headers(key: str | None, body: bytes, content_length: bool) -> list[tuple[bytes, bytes]]:
-    headers = [(b"content-type", b"application/json")]
-    if content_length:
-        headers.append((b"content-length", str(len(body)).encode()))
-    if key is not None:
-        headers.append((b"authorization", f"Bearer {key}".encode()))
-    return headers
-
-
-async def post(
-    body: Any,
-    *,
-    key: str | None,
-    method: str = "POST",
-    content_length: bool = True,
-    authorization: bytes | None = None,
-) -> Reply:
-    raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    headers = _headers(key, raw, content_length)
-    if authorization is not None:
-        headers.append((b"authorization", authorization))
-    communicator = HttpCommunicator(application, method, PATH, body=raw, headers=headers)
-    response = await communicator.get_response(timeout=TIMEOUT)
-    # The consumer records usage after the response is complete; let it finish.
-    await communicator.wait(timeout=TIMEOUT)
-    names = [name.decode() for name, _ in response["headers"]]
-    assert len(names) == len(set(names)), f"duplicate response headers: {names}"
-    return Reply(
-        status=response["status"],
-        headers={name.decode(): value.decode() for name, value in response["headers"]},
-        body=response["body"],
-    )
-
-
-async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ORM work off the event loop, and leave no connection open behind it."""
-
-    def run() -> T:
-        try:
-            return function(*args, **kwargs)
-        finally:
-            connections.close_all()
-
-    return await sync_to_async(run)()
-
-
-def _drained_usage() -> list[UsageRecord]:
-    if settings.REDIS_URL:
-        while usage_drain(block_ms=0):
-            pass
-    return list(UsageRecord.objects.order_by("id"))
-
-
-async def usage_rows() -> list[UsageRecord]:
-    """Every usage row, after moving whatever the consumer put on this test's stream into the database."""
-    return await in_thread(_drained_usage)
-
-
-async def audit_count() -> int:
-    return await in_thread(AuditEvent.objects.count)
-
-
-async def upstream_stats(upstream: FakeUpstream) -> dict[str, Any]:
-    return await asyncio.to_thread(upstream.stats)
-
-
-async def assert_nothing_recorded(audit_before: int) -> None:
-    """No usage row, and no audit event beyond those written while setting up."""
-    assert await usage_rows() == []
-    assert await audit_count() == audit_before
-
-
-def sse_events(body: bytes) -> list[bytes]:
-    """The events of a text/event-stream body, each without its blank-line terminator."""
-    assert body.endswith(b"\n\n")
-    events = body[:-2].split(b"\n\n")
-    for event in events:
-        assert event.startswith((b"data: ", b": ")), event
-        assert b"\n" not in event, event
-    return events
-
-
-def data_chunks(events: list[bytes]) -> list[dict[str, Any]]:
-    return [orjson.loads(e[len(b"data: ") :]) for e in events if e.startswith(b"data: {")]
 
 
 # --- validation: 400 before anything is routed or recorded ----------------------
@@ -264,7 +115,7 @@ async def test_it_refuses_a_body_over_the_limit_from_its_content_length_before_r
             "method": "POST",
             "path": PATH,
             "query_string": b"",
-            "headers": _headers(api_key, body, content_length=True),
+            "headers": request_headers(api_key, body, content_length=True),
         },
     )
     # No body is sent at all: the header alone must be enough to answer.
