@@ -35,6 +35,9 @@ if PRODUCTION and (SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 50):
 if PRODUCTION and DEBUG:
     raise ImproperlyConfigured("DEBUG must be off when MUXER_PRODUCTION is set.")
 
+# Fernet keys (comma-separated, newest first) for organizations' own provider keys.
+MUXER_FERNET_KEYS = env.list("MUXER_FERNET_KEYS", default=[])
+
 # API key digests are keyed separately so that rotating SECRET_KEY (sessions)
 # does not invalidate every issued API key.
 API_KEY_HMAC_SECRET = env.str("MUXER_API_KEY_SECRET", default=SECRET_KEY)

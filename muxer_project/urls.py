@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from accounts import api as accounts_api
+from providers import api as providers_api
 from routing import errors
 from routing import views as routing_views
 
@@ -23,6 +24,14 @@ urlpatterns = [
     path("api/orgs/<slug:org>/keys/", accounts_api.APIKeyListView.as_view(), name="key-list"),
     path("api/orgs/<slug:org>/keys/<int:key_id>/", accounts_api.APIKeyDetailView.as_view(), name="key-detail"),
     path("api/orgs/<slug:org>/keys/<int:key_id>/revoke/", accounts_api.APIKeyRevokeView.as_view(), name="key-revoke"),
+    path(
+        "api/orgs/<slug:org>/credentials/", providers_api.ProviderCredentialListView.as_view(), name="credential-list"
+    ),
+    path(
+        "api/orgs/<slug:org>/credentials/<slug:provider>/",
+        providers_api.ProviderCredentialDetailView.as_view(),
+        name="credential-detail",
+    ),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("admin/", admin.site.urls),
 ]

@@ -1,6 +1,9 @@
-from django.contrib import admin
+from typing import Any
 
-from .models import Model, Provider
+from django.contrib import admin
+from django.http import HttpRequest
+
+from .models import Model, Provider, ProviderCredential
 
 
 @admin.register(Provider)
@@ -17,3 +20,17 @@ class ModelAdmin(admin.ModelAdmin[Model]):
     ]  # fmt: skip
     list_filter = ["provider", "kind", "enabled", "supports_tools", "supports_vision"]
     search_fields = ["name"]
+
+
+@admin.register(ProviderCredential)
+class ProviderCredentialAdmin(admin.ModelAdmin[ProviderCredential]):
+    """Read-only and masked: organizations set their own keys through the API, which audits it."""
+
+    list_display = ["organization", "provider", "masked", "updated_at"]
+    fields = readonly_fields = ("organization", "provider", "masked", "created_by", "created_at", "updated_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -37,6 +37,37 @@ over a header, a header wins over the ``--latency-ms`` default.
   ``retry-after: S``.
 - ``words=N`` / ``x-fake-words``: reply with exactly N lorem-ipsum words.
 
+Response faults
+---------------
+Four more keys break the response on its way out rather than change what is
+decided. They work on every route that parses its controls through
+``Controls`` (the OpenAI route and every ``providers.fake_wire`` dialect), as
+a wrapper around the ASGI ``send`` (``FaultySend``), and apply to error
+answers as well as to successful ones:
+
+- ``first_byte_delay_ms=F`` / ``x-fake-first-byte-delay-ms``: hold the
+  response start (status line and headers, the first byte on the wire) for F
+  ms once the whole answer has been decided. ``latency_ms`` is the server's
+  think time before it decides anything; ``first_byte_delay_ms`` is a slow
+  first byte, the fault a gateway's first-byte timeout exists for. Both delay
+  the first byte, so a test may use either; the names say which is meant.
+- ``reset_after_bytes=N`` / ``x-fake-reset-after-bytes``: send the headers
+  and the first N bytes of the body (after the faults below), then abort the
+  connection: ``send`` raises ``FakeConnectionReset``, so uvicorn closes the
+  socket without finishing the body and clients see an incomplete read (a
+  short ``content-length`` body or an unterminated chunked stream). A body of
+  at most N bytes is delivered whole. uvicorn logs the exception.
+- ``malformed_json=1`` / ``x-fake-malformed-json``: corrupt the JSON. A JSON
+  body (an error answer too) is cut to its first half, mid-object, with a
+  matching ``content-length``; in an event stream every ``data:`` payload but
+  ``[DONE]`` is cut to its first half, keeping the SSE framing intact.
+- ``truncate_stream=1`` / ``x-fake-truncate-stream``: an event stream ends
+  cleanly but without its last event: ``data: [DONE]`` for the OpenAI
+  dialects, ``message_stop`` for Anthropic, ``message-end`` for Cohere, the
+  ``finishReason`` chunk for Gemini, and the error event of
+  ``fail_after_chunks``. Each event is held until the next arrives (so
+  ``chunk_delay_ms`` timing shifts by one event). No effect on JSON bodies.
+
 Invalid directives or header values are rejected with a 400 so typos in tests
 surface immediately. Auth and body validation errors are answered without the
 latency. ``/_fake/stats`` counters (per worker process): ``requests`` (chat
@@ -53,10 +84,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import hashlib
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -95,7 +128,13 @@ _HEADER_KEYS: dict[bytes, str] = {
     b"x-fake-fail-after-chunks": "fail_after_chunks",
     b"x-fake-retry-after": "retry_after",
     b"x-fake-words": "words",
+    b"x-fake-first-byte-delay-ms": "first_byte_delay_ms",
+    b"x-fake-reset-after-bytes": "reset_after_bytes",
+    b"x-fake-malformed-json": "malformed_json",
+    b"x-fake-truncate-stream": "truncate_stream",
 }
+# Bodies are far smaller than this; the bound only rejects nonsense values.
+MAX_RESET_BYTES = 1 << 30
 
 _JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 _SSE_HEADERS: Headers = [
@@ -151,9 +190,14 @@ class Controls:
     __slots__ = (
         "chunk_delay_ms",
         "fail_after_chunks",
+        "faulty",
+        "first_byte_delay_ms",
         "latency_ms",
+        "malformed_json",
+        "reset_after_bytes",
         "retry_after",
         "status",
+        "truncate_stream",
         "words",
     )
 
@@ -164,6 +208,12 @@ class Controls:
         self.fail_after_chunks: int | None = None
         self.retry_after: str | None = None
         self.words: int | None = None
+        self.first_byte_delay_ms: float = 0.0
+        self.reset_after_bytes: int | None = None
+        self.malformed_json: bool = False
+        self.truncate_stream: bool = False
+        # One flag for the hot path: whether any response fault is on.
+        self.faulty: bool = False
 
     def copy(self) -> Controls:
         other = Controls(self.latency_ms)
@@ -172,7 +222,22 @@ class Controls:
         other.fail_after_chunks = self.fail_after_chunks
         other.retry_after = self.retry_after
         other.words = self.words
+        other.first_byte_delay_ms = self.first_byte_delay_ms
+        other.reset_after_bytes = self.reset_after_bytes
+        other.malformed_json = self.malformed_json
+        other.truncate_stream = self.truncate_stream
+        other.faulty = self.faulty
         return other
+
+    def _fault_changed(self) -> None:
+        self.faulty = bool(self.first_byte_delay_ms or self.malformed_json or self.truncate_stream) or (
+            self.reset_after_bytes is not None
+        )
+        # A dialect route installed a FaultySend before parsing; the Controls that
+        # set a fault last are the request's final ones (later copies keep faults).
+        slot = _FAULT_SLOT.get()
+        if slot is not None:
+            slot.controls = self
 
     def set(self, key: str, raw: str, source: str) -> None:
         try:
@@ -193,6 +258,21 @@ class Controls:
                 self.retry_after = raw
             elif key == "words":
                 self.words = _parse_count(raw)
+            elif key == "first_byte_delay_ms":
+                self.first_byte_delay_ms = _parse_ms(raw)
+                self._fault_changed()
+            elif key == "reset_after_bytes":
+                reset = int(raw)
+                if not 0 <= reset <= MAX_RESET_BYTES:
+                    raise ValueError
+                self.reset_after_bytes = reset
+                self._fault_changed()
+            elif key == "malformed_json":
+                self.malformed_json = _parse_flag(raw)
+                self._fault_changed()
+            elif key == "truncate_stream":
+                self.truncate_stream = _parse_flag(raw)
+                self._fault_changed()
             else:
                 raise BadRequestError(f"Unknown fake directive {key!r} in {source}.", "messages")
         except ValueError:
@@ -207,6 +287,12 @@ def _parse_ms(raw: str) -> float:
     if not 0 <= value <= MAX_SLEEP_MS:
         raise ValueError
     return value
+
+
+def _parse_flag(raw: str) -> bool:
+    if raw not in ("0", "1"):
+        raise ValueError
+    return raw == "1"
 
 
 def _parse_count(raw: str) -> int:
@@ -442,9 +528,12 @@ class Stats:
         if self.last_request is not None:
             method, path, headers, body = self.last_request
             decoded: dict[str, str] = {}
+            credential_sha256 = None
             for raw_name, raw_value in headers:
                 name = raw_name.decode("latin-1").lower()
-                if name == "authorization":
+                if name in ("authorization", "x-api-key", "x-goog-api-key"):
+                    # Never echo a credential; a digest lets tests tell which key was sent.
+                    credential_sha256 = hashlib.sha256(raw_value.split(b" ")[-1]).hexdigest()
                     continue
                 value = raw_value.decode("latin-1")
                 decoded[name] = f"{decoded[name]}, {value}" if name in decoded else value
@@ -453,6 +542,7 @@ class Stats:
             except orjson.JSONDecodeError:
                 parsed_body = body.decode("utf-8", "replace")
             last = {
+                "credential_sha256": credential_sha256,
                 "method": method,
                 "path": path,
                 "headers": decoded,
@@ -553,7 +643,14 @@ class FakeUpstream:
         else:
             for prefix, handler in _DIALECTS:
                 if path.startswith(prefix):
-                    await handler(self, scope, receive, send)
+                    # Dialects parse their controls themselves, after this point;
+                    # Controls.set hands any fault to this wrapper (see FaultySend).
+                    faulty_send = FaultySend(send)
+                    token = _FAULT_SLOT.set(faulty_send)
+                    try:
+                        await handler(self, scope, receive, faulty_send)
+                    finally:
+                        _FAULT_SLOT.reset(token)
                     return
             body = _error_body(f"Invalid URL ({method} {path})", "invalid_request_error", None, None)
             await _send_json(send, 404, body, _JSON_HEADERS)
@@ -628,6 +725,8 @@ class FakeUpstream:
             return
 
         controls = plan.controls
+        if controls.faulty:
+            send = FaultySend(send, controls)
         if controls.latency_ms > 0:
             await asyncio.sleep(controls.latency_ms / 1000)
         if controls.status is not None:
@@ -818,6 +917,127 @@ class FakeUpstream:
             stats.streams_failed += 1
         else:
             stats.streams_completed += 1
+
+
+class FakeConnectionReset(Exception):
+    """Raised from ``send`` mid-body; an ASGI server answers it by closing the connection."""
+
+
+class FaultySend:
+    """The ``send`` of one request whose Controls ask for response faults.
+
+    The OpenAI route wraps ``send`` once its Controls are known. Dialect routes
+    are wrapped before dispatch with ``controls=None`` (a plain pass-through),
+    and ``Controls.set`` fills ``controls`` in when a fault key is set while the
+    request is parsed; every send comes after that.
+    """
+
+    __slots__ = ("_body_sent", "_held", "_json", "_json_parts", "_send", "_sse", "_start", "controls")
+
+    def __init__(self, send: Send, controls: Controls | None = None) -> None:
+        self._send = send
+        self.controls = controls
+        self._start: Message | None = None
+        self._sse = False
+        self._json = False
+        self._held = b""
+        self._json_parts: list[bytes] = []
+        self._body_sent = 0
+
+    async def __call__(self, message: Message) -> None:
+        controls = self.controls
+        if controls is None or not controls.faulty:
+            await self._send(message)
+            return
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._start = message
+            content_type = _header_value(message.get("headers") or (), b"content-type")
+            self._sse = content_type.startswith(b"text/event-stream")
+            self._json = not self._sse and b"json" in content_type
+            if not (controls.malformed_json and self._json):
+                await self._emit_start()
+            # else: held until the cut body's content-length is known.
+            return
+        if kind != "http.response.body":
+            await self._send(message)
+            return
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        if self._sse:
+            if controls.truncate_stream:
+                body, held = _split_last_event(self._held + body)
+                # At the end, what is still held is the last event: dropped.
+                self._held = held if more else b""
+            if controls.malformed_json:
+                body = _corrupt_sse(body)
+        elif self._json and controls.malformed_json:
+            self._json_parts.append(body)
+            if more:
+                return
+            whole = b"".join(self._json_parts)
+            body = whole[: len(whole) // 2]
+            await self._emit_start(content_length=len(body))
+        await self._write(body, more)
+
+    async def _emit_start(self, content_length: int | None = None) -> None:
+        assert self._start is not None
+        assert self.controls is not None
+        start = self._start
+        if content_length is not None:
+            headers = [(n, v) for n, v in start.get("headers") or () if n.lower() != b"content-length"]
+            headers.append((b"content-length", str(content_length).encode()))
+            start = {**start, "headers": headers}
+        if self.controls.first_byte_delay_ms > 0:
+            await asyncio.sleep(self.controls.first_byte_delay_ms / 1000)
+        await self._send(start)
+
+    async def _write(self, body: bytes, more: bool) -> None:
+        assert self.controls is not None
+        limit = self.controls.reset_after_bytes
+        if limit is not None:
+            room = limit - self._body_sent
+            if len(body) > room:
+                if room > 0:
+                    await self._send({"type": "http.response.body", "body": body[:room], "more_body": True})
+                raise FakeConnectionReset(f"injected connection reset after {limit} body bytes")
+            self._body_sent += len(body)
+        if more and not body:
+            return
+        await self._send({"type": "http.response.body", "body": body, "more_body": more})
+
+
+# The FaultySend of the dialect request being handled, for Controls.set to find.
+_FAULT_SLOT: ContextVar[FaultySend | None] = ContextVar("fake_upstream_fault_slot", default=None)
+
+
+def _header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.lower()
+    return b""
+
+
+def _split_last_event(buffer: bytes) -> tuple[bytes, bytes]:
+    """Split an SSE buffer into what precedes its last complete event, and the rest."""
+    end = buffer.rfind(b"\n\n")
+    if end == -1:
+        return b"", buffer
+    start = buffer.rfind(b"\n\n", 0, end)
+    cut = 0 if start == -1 else start + 2
+    return buffer[:cut], buffer[cut:]
+
+
+def _corrupt_sse(body: bytes) -> bytes:
+    """Cut every ``data:`` payload but ``[DONE]`` to its first half, keeping the framing."""
+    lines = body.split(b"\n")
+    for index, line in enumerate(lines):
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload and payload != b"[DONE]":
+            lines[index] = b"data: " + payload[: len(payload) // 2]
+    return b"\n".join(lines)
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 
@@ -60,3 +61,32 @@ class Model(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ProviderCredential(models.Model):
+    """An organization's own key for a provider (BYOK), encrypted at rest with Fernet.
+
+    Used instead of the platform's key for that organization's calls.
+    """
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.CASCADE, related_name="+")
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="+")
+    encrypted_key = models.TextField(help_text="MultiFernet token; never shown.")
+    last_four = models.CharField(max_length=4, help_text="For recognising the key when it is shown masked.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "provider"], name="credential_unique_provider_per_org")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider.slug} key for {self.organization_id} ({self.masked})"
+
+    @property
+    def masked(self) -> str:
+        return f"****{self.last_four}"

@@ -6,7 +6,11 @@ from typing import Any
 
 from django.db import transaction
 
-from .models import Model, Provider
+from accounts.models import Organization, User
+from audit.services import audit_event_record
+
+from . import crypto
+from .models import Model, Provider, ProviderCredential
 
 # The built-in fake provider: the fake upstream server, for development, tests
 # and benchmarks. MUXER_FAKE_BASE_URL points it elsewhere. Priced so that
@@ -79,3 +83,48 @@ def catalog_sync_defaults() -> int:
     from .catalog_seed import MODELS, PROVIDERS
 
     return catalog_sync(providers=[*PROVIDERS, FAKE_PROVIDER], models=[*MODELS, *FAKE_MODELS])
+
+
+@transaction.atomic
+def provider_credential_set(
+    *, organization: Organization, provider: Provider, api_key: str, actor: User | None
+) -> ProviderCredential:
+    """Store (or replace) an organization's own key for a provider, encrypted."""
+    credential, created = ProviderCredential.objects.update_or_create(
+        organization=organization,
+        provider=provider,
+        defaults={"encrypted_key": crypto.encrypt(api_key), "last_four": api_key[-4:], "created_by": actor},
+    )
+    audit_event_record(
+        action="provider_credential.set" if created else "provider_credential.replaced",
+        organization=organization,
+        actor=actor,
+        target_type="provider_credential",
+        target_id=credential.pk,
+        metadata={"provider": provider.slug, "key": credential.masked},
+    )
+    return credential
+
+
+@transaction.atomic
+def provider_credential_delete(*, credential: ProviderCredential, actor: User | None) -> None:
+    audit_event_record(
+        action="provider_credential.deleted",
+        organization=credential.organization,
+        actor=actor,
+        target_type="provider_credential",
+        target_id=credential.pk,
+        metadata={"provider": credential.provider.slug, "key": credential.masked},
+    )
+    credential.delete()
+
+
+@transaction.atomic
+def provider_credentials_rotate() -> int:
+    """Re-encrypt every stored provider key with the newest Fernet key. Returns rows rotated."""
+    count = 0
+    for credential in ProviderCredential.objects.select_for_update().iterator():
+        credential.encrypted_key = crypto.rotate(credential.encrypted_key)
+        credential.save(update_fields=["encrypted_key"])
+        count += 1
+    return count

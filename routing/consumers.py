@@ -30,6 +30,7 @@ from billing.usage import UsageEvent, usage_emit
 from muxer_project.errors import APIError
 from providers.adapters import ChatResult, ChatStream, ProviderError, Usage, adapter_for
 from providers.catalog import CatalogModel, get_catalog
+from providers.credentials import catalog_for, organization_keys
 from providers.resilience import backoff_seconds, breaker, counts_against_provider
 
 from .schema import ChatRequest, parse_chat_request, too_large
@@ -273,8 +274,10 @@ class ChatCompletionsConsumer(GatewayConsumer):
         requested_fallbacks = tuple(
             name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip()
         )
+        catalog = await get_catalog()
+        own_keys = await organization_keys(identity.organization_id)
         route = select_route(
-            catalog=await get_catalog(),
+            catalog=catalog_for(catalog, identity.organization_id, own_keys),
             identity=identity,
             request=request,
             requested_fallbacks=requested_fallbacks,

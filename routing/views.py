@@ -13,7 +13,8 @@ from rest_framework.views import APIView
 from accounts.api import APIKeyAuthentication
 from accounts.auth import KeyIdentity
 from muxer_project.errors import model_not_found
-from providers.catalog import get_catalog_sync
+from providers.catalog import Catalog, get_catalog_sync
+from providers.credentials import catalog_for, organization_keys_sync
 from providers.resilience import open_circuits
 
 from .selection import servable
@@ -24,6 +25,12 @@ class ModelSerializer(serializers.Serializer[Any]):
     object = serializers.CharField()
     created = serializers.IntegerField()
     owned_by = serializers.CharField()
+
+
+def catalog_for_key(identity: KeyIdentity) -> Catalog:
+    """The catalog as the key's organization sees it, its own provider keys included."""
+    keys = organization_keys_sync(identity.organization_id)
+    return catalog_for(get_catalog_sync(), identity.organization_id, keys)
 
 
 def key_identity(request: Request) -> KeyIdentity:
@@ -46,7 +53,7 @@ class ModelListView(APIView):
         identity = key_identity(request)
         data = [
             {"id": m.name, "object": "model", "created": m.created, "owned_by": m.provider}
-            for m in get_catalog_sync().models.values()
+            for m in catalog_for_key(identity).models.values()
             if servable(m) and identity.may_use(m.name)
         ]
         return Response({"object": "list", "data": data})
@@ -56,7 +63,7 @@ class ModelDetailView(ModelListView):
     @extend_schema(operation_id="v1_models_retrieve", responses=ModelSerializer)
     def get(self, request: Request, model: str) -> Response:  # type: ignore[override]
         identity = key_identity(request)
-        found = get_catalog_sync().get(model)
+        found = catalog_for_key(identity).get(model)
         if found is None or not servable(found) or not identity.may_use(found.name):
             raise model_not_found(model)
         return Response({"id": found.name, "object": "model", "created": found.created, "owned_by": found.provider})

@@ -26,6 +26,7 @@ from accounts.auth import forget_cached_keys
 from accounts.models import Organization, Role, User
 from muxer_project.redis import sync_redis
 from providers.catalog import forget_catalog
+from providers.credentials import forget_organization_keys
 from providers.resilience import breaker
 from providers.services import catalog_sync_defaults
 
@@ -64,6 +65,7 @@ def _fail_missing_service(request: pytest.FixtureRequest) -> None:
 def _forget_process_state() -> None:
     forget_cached_keys()
     forget_catalog()
+    forget_organization_keys()
     breaker.forget()
     if settings.REDIS_URL:
         client = sync_redis()
