@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('providers', '0002_seed_catalog'),
+        ("providers", "0002_seed_catalog"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='model',
-            name='fallbacks',
-            field=models.JSONField(blank=True, default=list, help_text="Model names to try, in order, when this model's provider fails with a retryable error."),
+            model_name="model",
+            name="fallbacks",
+            field=models.JSONField(
+                blank=True,
+                default=list,
+                help_text="Model names to try, in order, when this model's provider fails with a retryable error.",
+            ),
         ),
     ]
