@@ -15,13 +15,14 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
 from muxer_project.lifespan import LifespanApp  # noqa: E402
-from routing.consumers import ChatCompletionsConsumer  # noqa: E402
+from routing.consumers import ChatCompletionsConsumer, EmbeddingsConsumer  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": URLRouter(
             [
                 path("v1/chat/completions", ChatCompletionsConsumer.as_asgi()),
+                path("v1/embeddings", EmbeddingsConsumer.as_asgi()),
                 re_path(r"", django_asgi_app),  # type: ignore[arg-type]
             ]
         ),

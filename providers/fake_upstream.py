@@ -641,6 +641,8 @@ class FakeUpstream:
                 await _send_json(send, 200, orjson.dumps(self.stats.as_dict()), _JSON_HEADERS)
                 return
         else:
+            if not _DIALECTS:
+                _register_dialects()
             for prefix, handler in _DIALECTS:
                 if path.startswith(prefix):
                     # Dialects parse their controls themselves, after this point;
@@ -1273,15 +1275,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _register_dialects() -> None:
-    # Imported late: the dialect modules build on the helpers defined above.
+    # On the first request, not at import: the dialect modules import this one.
     from providers.fake_wire import register_all
 
     if not _DIALECTS:
         register_all()
-
-
-if __name__ != "__main__":
-    _register_dialects()
 
 
 if __name__ == "__main__":

@@ -28,13 +28,13 @@ from billing.pricing import cost_usd
 from billing.tokens import estimate_prompt_tokens, estimate_text_tokens
 from billing.usage import UsageEvent, usage_emit
 from muxer_project.errors import APIError
-from providers.adapters import ChatResult, ChatStream, ProviderError, Usage, adapter_for
+from providers.adapters import ChatResult, ChatStream, EmbeddingResult, ProviderError, Usage, adapter_for
 from providers.catalog import CatalogModel, get_catalog
 from providers.credentials import catalog_for, organization_keys
 from providers.resilience import backoff_seconds, breaker, counts_against_provider
 
-from .schema import ChatRequest, parse_chat_request, too_large
-from .selection import RouteDecision, select_route
+from .schema import ChatRequest, parse_chat_request, parse_embedding_request, too_large
+from .selection import RouteDecision, select_embedding_model, select_route
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -265,34 +265,18 @@ async def _discard(stream: ChatStream, chunks: AsyncGenerator[dict[str, Any], No
     await stream.close()
 
 
-class ChatCompletionsConsumer(GatewayConsumer):
-    """``POST /v1/chat/completions``, streamed and not."""
+class RoutedConsumer(GatewayConsumer):
+    """Base for endpoints that call providers: the retry/fallback loop and usage records."""
 
-    async def handle(self, body: bytes) -> None:
-        identity = await authenticate(self.header(b"authorization"))
-        request = parse_chat_request(body)
-        requested_fallbacks = tuple(
-            name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip()
-        )
-        catalog = await get_catalog()
-        own_keys = await organization_keys(identity.organization_id)
-        route = select_route(
-            catalog=catalog_for(catalog, identity.organization_id, own_keys),
-            identity=identity,
-            request=request,
-            requested_fallbacks=requested_fallbacks,
-        )
-        if request.stream:
-            await self._stream(identity, request, route)
-        else:
-            await self._complete(identity, request, route)
+    attempts = 0
 
     async def _call_route(
         self,
         identity: KeyIdentity,
-        request: ChatRequest,
         route: RouteDecision,
         start: Callable[[CatalogModel], Awaitable[T]],
+        *,
+        stream: bool,
     ) -> tuple[CatalogModel, T]:
         """Call the route's models in order until one answers.
 
@@ -319,7 +303,7 @@ class ChatCompletionsConsumer(GatewayConsumer):
                         await breaker.record(model, ok=False)
                     if not error.retryable:
                         if error.status < 500:
-                            await self._record_failure(identity, request, model, error)
+                            await self._record_failure(identity, model, error, stream=stream)
                             raise self._client_error(error) from None
                         break  # our credentials for this provider: try the next one
                     delay = backoff_seconds(attempt, error.retry_after)
@@ -334,7 +318,7 @@ class ChatCompletionsConsumer(GatewayConsumer):
             if time.monotonic() > deadline:
                 break
         assert last is not None, "a route always has a model"
-        await self._record_failure(identity, request, *last)
+        await self._record_failure(identity, *last, stream=stream)
         raise self._client_error(last[1]) from None
 
     def _usage_event(
@@ -371,7 +355,7 @@ class ChatCompletionsConsumer(GatewayConsumer):
         }
 
     async def _record_failure(
-        self, identity: KeyIdentity, request: ChatRequest, model: CatalogModel, error: ProviderError
+        self, identity: KeyIdentity, model: CatalogModel, error: ProviderError, *, stream: bool
     ) -> None:
         await usage_emit(
             self._usage_event(
@@ -380,7 +364,7 @@ class ChatCompletionsConsumer(GatewayConsumer):
                 Usage(),
                 status="error",
                 http_status=error.status,
-                stream=request.stream,
+                stream=stream,
                 error_code=error.code,
             )
         )
@@ -394,6 +378,29 @@ class ChatCompletionsConsumer(GatewayConsumer):
         reason = route.reason if model is route.model else f"{route.reason};fallback-from={route.model.name}"
         return [*_muxer_headers(model, reason), (b"x-muxer-attempts", str(self.attempts).encode())]
 
+
+class ChatCompletionsConsumer(RoutedConsumer):
+    """``POST /v1/chat/completions``, streamed and not."""
+
+    async def handle(self, body: bytes) -> None:
+        identity = await authenticate(self.header(b"authorization"))
+        request = parse_chat_request(body)
+        requested_fallbacks = tuple(
+            name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip()
+        )
+        catalog = await get_catalog()
+        own_keys = await organization_keys(identity.organization_id)
+        route = select_route(
+            catalog=catalog_for(catalog, identity.organization_id, own_keys),
+            identity=identity,
+            request=request,
+            requested_fallbacks=requested_fallbacks,
+        )
+        if request.stream:
+            await self._stream(identity, request, route)
+        else:
+            await self._complete(identity, request, route)
+
     async def _complete(self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision) -> None:
         async def start(model: CatalogModel) -> ChatResult:
             adapter = adapter_for(model)
@@ -401,7 +408,7 @@ class ChatCompletionsConsumer(GatewayConsumer):
             return await adapter.chat(model, request.payload)
 
         upstream_started = time.perf_counter()
-        model, result = await self._call_route(identity, request, route, start)
+        model, result = await self._call_route(identity, route, start, stream=False)
         upstream_ms = (time.perf_counter() - upstream_started) * 1000
         usage = result.usage
         if usage.estimated:
@@ -420,7 +427,7 @@ class ChatCompletionsConsumer(GatewayConsumer):
             assert adapter is not None
             return await open_stream(adapter.stream(model, request.payload))
 
-        model, opened = await self._call_route(identity, request, route, start)
+        model, opened = await self._call_route(identity, route, start, stream=True)
         stream, chunks = opened.stream, opened.chunks
         progress = stream.progress
         status, http_status, error_code = "ok", 200, ""
@@ -480,3 +487,32 @@ class ChatCompletionsConsumer(GatewayConsumer):
             output_tokens=estimate_text_tokens(completion_chars),
             estimated=True,
         )
+
+
+class EmbeddingsConsumer(RoutedConsumer):
+    """``POST /v1/embeddings``: retried like chat; no fallback to another model, whose vectors would differ."""
+
+    async def handle(self, body: bytes) -> None:
+        identity = await authenticate(self.header(b"authorization"))
+        request = parse_embedding_request(body)
+        catalog = await get_catalog()
+        own_keys = await organization_keys(identity.organization_id)
+        model = select_embedding_model(
+            catalog=catalog_for(catalog, identity.organization_id, own_keys), identity=identity, name=request.model
+        )
+        route = RouteDecision(model=model, reason="explicit")
+
+        async def start(target: CatalogModel) -> EmbeddingResult:
+            adapter = adapter_for(target)
+            assert adapter is not None
+            return await adapter.embed(target, request.payload)
+
+        model, result = await self._call_route(identity, route, start, stream=False)
+        usage = result.usage
+        if usage.estimated:
+            usage.input_tokens = sum(estimate_text_tokens(len(text)) for text in request.texts)
+        event = self._usage_event(identity, model, usage, status="ok", http_status=200, stream=False)
+        headers = self._route_headers(model, route)
+        headers.append((b"x-muxer-cost-usd", event["cost_usd"].encode()))
+        await self.send_json(200, orjson.dumps(result.body), headers)
+        await usage_emit(event)

@@ -195,7 +195,7 @@ def _check_response_format(payload: dict[str, Any]) -> bool:
     return bool(response_format["type"] != "text")
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
+def _json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise invalid_request("The request body is empty; send a JSON object.")
     try:
@@ -204,6 +204,11 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise invalid_request(f"The request body is not valid JSON ({exc.msg} at position {exc.pos}).") from None
     if not isinstance(payload, dict):
         raise invalid_request("The request body must be a JSON object.")
+    return payload
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    payload = _json_object(body)
     unknown = payload.keys() - KNOWN
     if unknown:
         name = sorted(unknown)[0]
@@ -277,3 +282,57 @@ def too_large(limit: int) -> APIError:
         type="invalid_request_error",
         code="request_too_large",
     )
+
+
+EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+MAX_EMBEDDING_INPUTS = 2048
+
+
+@dataclass(slots=True)
+class EmbeddingRequest:
+    payload: dict[str, Any]
+    model: str
+    texts: list[str]
+
+
+def _check_embedding_input(value: Any) -> list[str]:
+    """The input's texts, for estimates; token-id arrays count as text of their ids."""
+    if isinstance(value, str):
+        if not value:
+            raise invalid_request("'input' must not be empty.", param="input")
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise invalid_request("'input' must be a string or a non-empty array.", param="input")
+    if len(value) > MAX_EMBEDDING_INPUTS:
+        raise invalid_request(f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items.", param="input")
+    if all(isinstance(item, str) and item for item in value):
+        return list(value)
+    if all(_is_int(item) for item in value):
+        return [" ".join(map(str, value))]
+    if all(isinstance(item, list) and item and all(_is_int(i) for i in item) for item in value):
+        return [" ".join(map(str, item)) for item in value]
+    raise invalid_request(
+        "'input' must be a string, an array of non-empty strings, or an array of token arrays.", param="input"
+    )
+
+
+def parse_embedding_request(body: bytes) -> EmbeddingRequest:
+    payload = _json_object(body)
+    unknown = payload.keys() - EMBEDDING_FIELDS
+    if unknown:
+        name = sorted(unknown)[0]
+        raise invalid_request(f"Unrecognized request argument supplied: {name}", param=name)
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid_request("'model' is required and must be a non-empty string.", param="model")
+    if "input" not in payload:
+        raise invalid_request("'input' is required.", param="input")
+    texts = _check_embedding_input(payload["input"])
+    encoding = payload.get("encoding_format")
+    if encoding is not None and encoding not in ("float", "base64"):
+        raise invalid_request("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+    _positive_int(payload, "dimensions")
+    user = payload.get("user")
+    if user is not None and not isinstance(user, str):
+        raise invalid_request("'user' must be a string.", param="user")
+    return EmbeddingRequest(payload=payload, model=model, texts=texts)

@@ -145,3 +145,21 @@ def select_model(*, catalog: Catalog, identity: KeyIdentity, request: ChatReques
     if unfit is not None:
         raise invalid_request(unfit[1], param=unfit[0])
     return model
+
+
+def select_embedding_model(*, catalog: Catalog, identity: KeyIdentity, name: str) -> CatalogModel:
+    model = catalog.get(name)
+    if model is None:
+        raise model_not_found(name)
+    if model.kind != ModelKind.EMBEDDING:
+        raise invalid_request(f"The model '{name}' is a chat model; use an embedding model.", param="model")
+    if not identity.may_use(model.name):
+        raise permission_denied(f"This API key may not use the model '{model.name}'.")
+    if not servable(model):
+        raise APIError(
+            400,
+            f"The model '{model.name}' is not available on this gateway: '{model.provider}' is not configured.",
+            code="model_not_available",
+            param="model",
+        )
+    return model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..catalog import CatalogModel
 from . import anthropic, cohere, gemini, openai_compat
-from .base import Adapter, ChatResult, ChatStream, ProviderError, StreamProgress, Usage
+from .base import Adapter, ChatResult, ChatStream, EmbeddingResult, ProviderError, StreamProgress, Usage
 from .openai import OpenAIAdapter
 
 _ADAPTERS: dict[str, Adapter] = {
@@ -21,4 +21,13 @@ def adapter_for(model: CatalogModel) -> Adapter | None:
     return _ADAPTERS.get(model.provider) or _ADAPTERS.get(model.wire_format)
 
 
-__all__ = ["Adapter", "ChatResult", "ChatStream", "ProviderError", "StreamProgress", "Usage", "adapter_for"]
+__all__ = [
+    "Adapter",
+    "ChatResult",
+    "ChatStream",
+    "EmbeddingResult",
+    "ProviderError",
+    "StreamProgress",
+    "Usage",
+    "adapter_for",
+]

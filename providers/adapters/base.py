@@ -75,9 +75,27 @@ class ChatStream(ABC):
     async def close(self) -> None: ...
 
 
+@dataclass(slots=True)
+class EmbeddingResult:
+    """An OpenAI ``list`` of ``embedding`` objects, and the input tokens it cost."""
+
+    body: dict[str, Any]
+    usage: Usage
+
+
 class Adapter(ABC):
     @abstractmethod
     async def chat(self, model: CatalogModel, request: dict[str, Any]) -> ChatResult: ...
 
     @abstractmethod
     def stream(self, model: CatalogModel, request: dict[str, Any]) -> ChatStream: ...
+
+    async def embed(self, model: CatalogModel, request: dict[str, Any]) -> EmbeddingResult:
+        """``POST /v1/embeddings`` in OpenAI terms; adapters of providers that embed override this."""
+        raise ProviderError(
+            f"{model.provider} does not offer embeddings through ModelMuxer.",
+            status=400,
+            retryable=False,
+            code="invalid_request_error",
+            type="invalid_request_error",
+        )

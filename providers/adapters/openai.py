@@ -10,7 +10,7 @@ import orjson
 
 from ..catalog import CatalogModel
 from ..http import upstream_send
-from .base import Adapter, ChatResult, ChatStream, ProviderError, StreamProgress, Usage
+from .base import Adapter, ChatResult, ChatStream, EmbeddingResult, ProviderError, StreamProgress, Usage
 
 
 def usage_from_openai(raw: dict[str, Any] | None) -> Usage | None:
@@ -127,6 +127,22 @@ class OpenAIAdapter(Adapter):
 
     def stream(self, model: CatalogModel, request: dict[str, Any]) -> ChatStream:
         return OpenAIChatStream(self, model, request)
+
+    async def embed(self, model: CatalogModel, request: dict[str, Any]) -> EmbeddingResult:
+        body = orjson.dumps({**request, "model": model.name})
+        try:
+            response = await upstream_send(f"{model.base_url}/embeddings", content=body, headers=self.headers(model))
+        except httpx.HTTPError as exc:
+            raise error_from_exception(exc, model.provider) from None
+        if response.status_code >= 400:
+            raise error_from_response(response.status_code, response.content, response.headers, model.provider)
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise ProviderError(f"{model.provider} sent a malformed answer.", status=502, retryable=True) from None
+        usage = usage_from_openai(data.get("usage")) or Usage(estimated=True)
+        data["model"] = model.name
+        return EmbeddingResult(body=data, usage=usage)
 
 
 class OpenAIChatStream(ChatStream):

@@ -9,9 +9,11 @@ point ``MUXER_<PROVIDER>_BASE_URL`` at ``http://fake-host/<prefix>``.
 
 from __future__ import annotations
 
-from . import anthropic, cohere, gemini, openai_compat
-
 
 def register_all() -> None:
-    for module in (anthropic, gemini, cohere, openai_compat):
+    # Imported here, not at the top: each dialect imports providers.fake_upstream,
+    # which calls this function once it has defined everything they use.
+    from . import anthropic, cohere, embeddings, gemini, openai_compat
+
+    for module in (embeddings, anthropic, gemini, cohere, openai_compat):
         module.register()

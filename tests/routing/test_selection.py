@@ -148,7 +148,7 @@ def test_auto_skips_a_provider_without_credentials() -> None:
 
 
 def test_auto_skips_a_wire_format_without_an_adapter() -> None:
-    assert choose(catalog(replace(CHEAP, wire_format="gemini"), MID), request()) == "mid"
+    assert choose(catalog(replace(CHEAP, wire_format="carrier-pigeon"), MID), request()) == "mid"
 
 
 def test_auto_skips_embedding_models() -> None:
