@@ -16,6 +16,7 @@ from django.urls import path, re_path  # noqa: E402
 
 from muxer_project.lifespan import LifespanApp  # noqa: E402
 from routing.consumers import ChatCompletionsConsumer, EmbeddingsConsumer  # noqa: E402
+from routing.messages import MessagesConsumer  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -23,6 +24,7 @@ application = ProtocolTypeRouter(
             [
                 path("v1/chat/completions", ChatCompletionsConsumer.as_asgi()),
                 path("v1/embeddings", EmbeddingsConsumer.as_asgi()),
+                path("v1/messages", MessagesConsumer.as_asgi()),
                 re_path(r"", django_asgi_app),  # type: ignore[arg-type]
             ]
         ),
