@@ -444,6 +444,15 @@ class ChatCompletionsConsumer(RoutedConsumer):
                 if request.include_usage and "choices" in chunk:
                     chunk["usage"] = None
                 await self.send_body(b"data: " + orjson.dumps(chunk) + b"\n\n", more=True)
+            if progress.error is None and not progress.finished:
+                # The provider's stream ended without its final event: say so rather than fake a [DONE].
+                progress.error = {
+                    "message": f"{model.provider} ended the stream before finishing.",
+                    "type": "upstream_error",
+                    "param": None,
+                    "code": "upstream_incomplete",
+                }
+                await self.send_body(b"data: " + orjson.dumps({"error": progress.error}) + b"\n\n", more=True)
             if progress.error is not None:
                 status, http_status = "error", 502
                 error_code = str(progress.error.get("code") or "upstream_error")

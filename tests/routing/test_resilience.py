@@ -38,7 +38,11 @@ RETRYABLE_FAULTS = [
     pytest.param("status=500", id="500"),
     pytest.param("status=502", id="502"),
     pytest.param("status=503", id="503"),
-    pytest.param("latency_ms=2000", id="slow-first-byte"),
+    pytest.param("latency_ms=2000", id="slow-answer"),
+    pytest.param("first_byte_delay_ms=2000", id="slow-first-byte"),
+    pytest.param("reset_after_bytes=0", id="reset-before-body"),
+    pytest.param("reset_after_bytes=40", id="reset-mid-body"),
+    pytest.param("malformed_json=1", id="malformed-json"),
 ]
 
 
@@ -252,3 +256,17 @@ async def test_readiness_lists_open_circuits(api_key: str, upstream: FakeUpstrea
 
     assert response.status_code == 200
     assert response.json()["circuits"] == {"fake/fake-small": "open"}
+
+
+async def test_a_stream_cut_short_ends_in_an_error_event_not_a_done(api_key: str, upstream: FakeUpstream) -> None:
+    reply = await post(chat("[fake truncate_stream=1] hi", stream=True), key=api_key, extra_headers=FALLBACK)
+
+    assert reply.status == 200
+    chunks = data_chunks(sse_events(reply.body))
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices")) == (
+        "Fake reply to: hi"
+    )
+    assert chunks[-1]["error"]["code"] == "upstream_incomplete"
+    assert b"data: [DONE]" not in reply.body
+    [row] = await usage_rows()
+    assert (row.status, row.error_code) == (UsageStatus.ERROR, "upstream_incomplete")
