@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from .models import Model, Provider, ProviderCredential
+from .resilience import open_circuits
 
 
 @admin.register(Provider)
@@ -14,10 +15,25 @@ class ProviderAdmin(admin.ModelAdmin[Provider]):
 
 @admin.register(Model)
 class ModelAdmin(admin.ModelAdmin[Model]):
+    """The catalog, with each model's circuit breaker state (shared by every gateway instance)."""
+
     list_display = [
         "name", "provider", "kind", "input_price_per_mtok_usd", "output_price_per_mtok_usd",
-        "context_window", "max_output_tokens", "enabled", "price_as_of",
+        "context_window", "max_output_tokens", "enabled", "price_as_of", "circuit",
     ]  # fmt: skip
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        # One Redis scan per page, not one per row.
+        self._circuits = open_circuits()
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="circuit")
+    def circuit(self, obj: Model) -> str:
+        circuits = getattr(self, "_circuits", None)
+        if circuits is None:
+            circuits = open_circuits()
+        return circuits.get(f"{obj.provider.slug}/{obj.name}", "closed")
+
     list_filter = ["provider", "kind", "enabled", "supports_tools", "supports_vision"]
     search_fields = ["name"]
 

@@ -24,6 +24,25 @@ from .models import Model, ModelKind
 
 
 @dataclass(frozen=True, slots=True)
+class CallTimeouts:
+    """Seconds allowed to connect, to the first byte of the answer, and for all of it."""
+
+    connect: float
+    first_byte: float
+    total: float
+
+    @classmethod
+    def defaults(
+        cls, *, connect: float | None = None, first_byte: float | None = None, total: float | None = None
+    ) -> CallTimeouts:
+        return cls(
+            connect=connect or settings.MUXER_UPSTREAM_CONNECT_TIMEOUT_SECONDS,
+            first_byte=first_byte or settings.MUXER_UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS,
+            total=total or settings.MUXER_UPSTREAM_TIMEOUT_SECONDS,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CatalogModel:
     name: str
     kind: str
@@ -42,6 +61,11 @@ class CatalogModel:
     supports_json_mode: bool
     created: int
     fallbacks: tuple[str, ...] = ()
+    timeouts: CallTimeouts | None = None
+
+    @property
+    def call_timeouts(self) -> CallTimeouts:
+        return self.timeouts or CallTimeouts.defaults()
 
     @property
     def configured(self) -> bool:
@@ -93,6 +117,11 @@ def _load() -> Catalog:
             supports_json_mode=row.supports_json_mode,
             created=int(row.created_at.timestamp()),
             fallbacks=tuple(row.fallbacks or ()),
+            timeouts=CallTimeouts.defaults(
+                connect=provider.connect_timeout_seconds,
+                first_byte=provider.first_byte_timeout_seconds,
+                total=provider.total_timeout_seconds,
+            ),
         )
     return Catalog(models=entries)
 

@@ -13,12 +13,15 @@ One transport (one connection pool) per event loop.
 from __future__ import annotations
 
 import asyncio
+from contextvars import ContextVar
 from functools import lru_cache
 
 import aiohttp
 import httpx
 from django.conf import settings
 from httpx_aiohttp import AiohttpTransport
+
+from .catalog import CallTimeouts
 
 _transports: dict[asyncio.AbstractEventLoop, AiohttpTransport] = {}
 
@@ -45,24 +48,35 @@ def _url(url: str) -> httpx.URL:
     return httpx.URL(url)
 
 
-def _timeout() -> dict[str, float | None]:
-    timeout = httpx.Timeout(
-        settings.MUXER_UPSTREAM_TIMEOUT_SECONDS, connect=settings.MUXER_UPSTREAM_CONNECT_TIMEOUT_SECONDS
-    )
-    return timeout.as_dict()
+# The timeouts of the provider being called, set by the proxy around each
+# attempt, so adapters need not pass them through every call.
+call_timeouts: ContextVar[CallTimeouts | None] = ContextVar("call_timeouts", default=None)
 
 
 async def upstream_send(url: str, *, headers: dict[str, str], content: bytes, stream: bool = False) -> httpx.Response:
     """POST to a provider. With ``stream=False`` the body is read and the connection released.
 
-    Raises ``httpx.HTTPError`` subclasses on transport failures; a streamed
-    response must be closed by the caller (``await response.aclose()``).
+    Raises ``httpx.HTTPError`` subclasses on transport failures and timeouts
+    (connect, first byte, total); a streamed response must be closed by the
+    caller (``await response.aclose()``), and its total time is the caller's
+    to bound.
     """
-    request = httpx.Request("POST", _url(url), headers=headers, content=content, extensions={"timeout": _timeout()})
-    response = await _transport().handle_async_request(request)
+    limits = call_timeouts.get() or CallTimeouts.defaults()
+    extension = {"connect": limits.connect, "read": limits.total, "write": limits.total, "pool": limits.connect}
+    request = httpx.Request("POST", _url(url), headers=headers, content=content, extensions={"timeout": extension})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.total
+    try:
+        async with asyncio.timeout_at(min(deadline, loop.time() + limits.first_byte)):
+            response = await _transport().handle_async_request(request)
+    except TimeoutError as exc:
+        raise httpx.ReadTimeout("no answer before the first-byte timeout", request=request) from exc
     if not stream:
         try:
-            await response.aread()
+            async with asyncio.timeout_at(deadline):
+                await response.aread()
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout("the answer took longer than the total timeout", request=request) from exc
         finally:
             await response.aclose()
     return response

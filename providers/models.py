@@ -26,6 +26,12 @@ class Provider(models.Model):
     )
     pricing_url = models.URLField(blank=True)
     enabled = models.BooleanField(default=True)
+    # Blank means the gateway-wide MUXER_UPSTREAM_* default.
+    connect_timeout_seconds = models.FloatField(null=True, blank=True)
+    first_byte_timeout_seconds = models.FloatField(
+        null=True, blank=True, help_text="Until the answer starts: response headers, or a stream's first chunk."
+    )
+    total_timeout_seconds = models.FloatField(null=True, blank=True, help_text="For the whole answer or stream.")
 
     def __str__(self) -> str:
         return self.name

@@ -29,8 +29,9 @@ from billing.tokens import estimate_prompt_tokens, estimate_text_tokens
 from billing.usage import UsageEvent, usage_emit
 from muxer_project.errors import APIError
 from providers.adapters import ChatResult, ChatStream, EmbeddingResult, ProviderError, Usage, adapter_for
-from providers.catalog import CatalogModel, get_catalog
+from providers.catalog import CallTimeouts, CatalogModel, get_catalog
 from providers.credentials import catalog_for, organization_keys
+from providers.http import call_timeouts
 from providers.resilience import backoff_seconds, breaker, counts_against_provider
 
 from .schema import ChatRequest, parse_chat_request, parse_embedding_request, too_large
@@ -211,7 +212,7 @@ async def open_stream(stream: ChatStream) -> OpenedStream:
     """
     chunks: AsyncGenerator[dict[str, Any], None] | None = None
     try:
-        async with asyncio.timeout(settings.MUXER_UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS):
+        async with asyncio.timeout((call_timeouts.get() or CallTimeouts.defaults()).first_byte):
             await stream.open()
             chunks = as_generator(stream.chunks())
             first = await anext(chunks)
@@ -293,6 +294,7 @@ class RoutedConsumer(GatewayConsumer):
             if not await breaker.allow(model):
                 last = last or (model, circuit_open(model))
                 continue
+            call_timeouts.set(model.call_timeouts)
             for attempt in range(settings.MUXER_RETRY_ATTEMPTS_PER_MODEL):
                 self.attempts += 1
                 try:
@@ -438,12 +440,22 @@ class ChatCompletionsConsumer(RoutedConsumer):
                 b"text/event-stream",
                 [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"), *self._route_headers(model, route)],
             )
-            async for chunk in chunks:
-                if first is None and "choices" in chunk:
-                    first = chunk
-                if request.include_usage and "choices" in chunk:
-                    chunk["usage"] = None
-                await self.send_body(b"data: " + orjson.dumps(chunk) + b"\n\n", more=True)
+            try:
+                async with asyncio.timeout(model.call_timeouts.total):
+                    async for chunk in chunks:
+                        if first is None and "choices" in chunk:
+                            first = chunk
+                        if request.include_usage and "choices" in chunk:
+                            chunk["usage"] = None
+                        await self.send_body(b"data: " + orjson.dumps(chunk) + b"\n\n", more=True)
+            except TimeoutError:
+                progress.error = {
+                    "message": f"{model.provider} did not finish within the total timeout.",
+                    "type": "upstream_error",
+                    "param": None,
+                    "code": "upstream_timeout",
+                }
+                await self.send_body(b"data: " + orjson.dumps({"error": progress.error}) + b"\n\n", more=True)
             if progress.error is None and not progress.finished:
                 # The provider's stream ended without its final event: say so rather than fake a [DONE].
                 progress.error = {

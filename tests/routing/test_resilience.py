@@ -17,7 +17,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 
 from billing.models import UsageStatus
 from providers.catalog import get_catalog
-from providers.models import Model
+from providers.models import Model, Provider
 from providers.resilience import CLOSED, OPEN, CircuitBreaker, breaker, breaker_key
 from tests.conftest import FakeUpstream
 from tests.routing.harness import chat, data_chunks, in_thread, post, sse_events, upstream_stats, usage_rows
@@ -270,3 +270,55 @@ async def test_a_stream_cut_short_ends_in_an_error_event_not_a_done(api_key: str
     assert b"data: [DONE]" not in reply.body
     [row] = await usage_rows()
     assert (row.status, row.error_code) == (UsageStatus.ERROR, "upstream_incomplete")
+
+
+# --- per-provider timeouts -----------------------------------------------------------
+
+
+async def test_a_providers_first_byte_timeout_sends_a_slow_answer_to_the_fallback(
+    api_key: str, upstream: FakeUpstream
+) -> None:
+    await in_thread(Provider.objects.filter(slug="fake").update, first_byte_timeout_seconds=0.3)
+
+    reply = await post(chat("[fake latency_ms=1000 model=fake-small] hi"), key=api_key, extra_headers=FALLBACK)
+
+    assert reply.status == 200
+    assert reply.headers["x-muxer-model"] == "fake-large"
+
+
+async def test_without_a_provider_timeout_the_gateway_default_waits(api_key: str, upstream: FakeUpstream) -> None:
+    reply = await post(chat("[fake latency_ms=1000 model=fake-small] hi"), key=api_key, extra_headers=FALLBACK)
+
+    assert reply.status == 200
+    assert reply.headers["x-muxer-model"] == "fake-small"
+
+
+async def test_a_stream_over_the_providers_total_timeout_ends_in_an_error_event(
+    api_key: str, upstream: FakeUpstream
+) -> None:
+    await in_thread(Provider.objects.filter(slug="fake").update, total_timeout_seconds=0.5)
+
+    reply = await post(chat("[fake words=100 chunk_delay_ms=20] hi", stream=True), key=api_key)
+
+    assert reply.status == 200
+    chunks = data_chunks(sse_events(reply.body))
+    assert chunks[-1]["error"]["code"] == "upstream_timeout"
+    assert 2 < len(chunks) < 100
+    [row] = await usage_rows()
+    assert (row.status, row.error_code, row.usage_estimated) == (UsageStatus.ERROR, "upstream_timeout", True)
+
+
+async def test_the_admin_shows_each_models_circuit(
+    api_key: str, upstream: FakeUpstream, touchy_breaker: None, admin_user: Any
+) -> None:
+    await post(chat("[fake status=503] hi"), key=api_key)
+
+    def changelist() -> str:
+        client = Client()
+        client.force_login(admin_user)
+        return client.get("/admin/providers/model/?q=fake").content.decode()
+
+    page = await in_thread(changelist)
+
+    assert '<td class="field-circuit">open</td>' in page
+    assert '<td class="field-circuit">closed</td>' in page  # fake-large
