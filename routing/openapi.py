@@ -82,4 +82,46 @@ def add_proxy_endpoints(result: dict[str, Any], generator: Any, request: Any, pu
             },
         }
     }
+    result["paths"]["/v1/embeddings"] = {
+        "post": {
+            "operationId": "v1_embeddings_create",
+            "summary": "Create embeddings (OpenAI-compatible)",
+            "tags": ["v1"],
+            "security": [{"ModelMuxerAPIKey": []}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["model", "input"],
+                            "properties": {
+                                "model": {"type": "string"},
+                                "input": {"oneOf": [{"type": "string"}, {"type": "array"}]},
+                                "encoding_format": {"enum": ["float", "base64"]},
+                                "dimensions": {"type": "integer", "minimum": 1},
+                                "user": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {"200": {"description": "A list of embedding objects with usage."}},
+        }
+    }
+    result["paths"]["/v1/messages"] = {
+        "post": {
+            "operationId": "v1_messages_create",
+            "summary": "Create a message in Anthropic's Messages format, routed to any catalog model",
+            "tags": ["v1"],
+            "security": [{"ModelMuxerAPIKey": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+            "responses": {
+                "200": {
+                    "description": "An Anthropic message, or named SSE events when stream is true.",
+                    "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}},
+                }
+            },
+        }
+    }
     return result
