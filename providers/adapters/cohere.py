@@ -25,6 +25,11 @@ gateway bills, records and reports ``billed_units``, falling back to
 the same figures it is charged for, in non-streamed bodies and in the
 streamed usage chunk alike (the proxy builds that chunk from the recorded
 usage, so there can only be one figure).
+
+Embeddings (``POST {base_url}/embed``): texts only, as ``search_document``
+float vectors (see ``embed_body``), in runs of at most 96 texts, Cohere's
+limit per call; the usage is ``meta.billed_units.input_tokens`` summed over
+the runs. Over-long texts are left to Cohere's default truncation (``END``).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ import orjson
 
 from ..catalog import CatalogModel
 from ..http import upstream_send
-from .base import Adapter, ChatResult, ChatStream, ProviderError, StreamProgress, Usage
+from .base import Adapter, ChatResult, ChatStream, EmbeddingResult, ProviderError, StreamProgress, Usage
+from .embeddings import batches, estimated_usage, float_values, malformed, openai_embeddings, text_inputs
 from .openai import error_from_exception
 
 PROVIDER = "cohere"
@@ -469,6 +475,49 @@ def error_from_response(status: int, content: bytes, headers: httpx.Headers) -> 
     )
 
 
+# --- embeddings ---------------------------------------------------------------------------
+
+# Cohere embeds at most this many texts in one call; longer inputs are sent in runs.
+EMBED_BATCH_TEXTS = 96
+EMBED_INPUT_TYPES = frozenset({"search_document", "search_query", "classification", "clustering"})
+DEFAULT_INPUT_TYPE = "search_document"
+
+
+def embed_body(model: CatalogModel, request: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+    """The ``/v2/embed`` body for (one run of) an OpenAI embeddings request's texts.
+
+    ``input_type`` is required by Cohere's v3+ models and has no OpenAI
+    counterpart: ``search_document`` unless the request names another (an
+    ``input_type`` key, which the gateway's schema does not let clients send
+    yet). ``dimensions`` is ``output_dimension``; ``encoding_format`` is
+    applied to the floats asked for here; ``user`` is dropped.
+    """
+    input_type = request.get("input_type") or DEFAULT_INPUT_TYPE
+    if input_type not in EMBED_INPUT_TYPES:
+        raise _invalid(f"cohere's input_type must be one of {', '.join(sorted(EMBED_INPUT_TYPES))}.")
+    body: dict[str, Any] = {
+        "model": model.name,
+        "input_type": input_type,
+        "embedding_types": ["float"],
+        "texts": texts,
+    }
+    if request.get("dimensions") is not None:
+        body["output_dimension"] = request["dimensions"]
+    return body
+
+
+def embed_answer(data: dict[str, Any], count: int) -> tuple[list[list[float] | str], Usage | None]:
+    """The float vectors of an ``embeddings_by_type`` answer, and its billed input tokens."""
+    embeddings = data.get("embeddings")
+    # embeddings_by_type keys vectors by type; the older embeddings_floats answer is a bare list.
+    vectors = embeddings.get("float") if isinstance(embeddings, dict) else embeddings
+    if not isinstance(vectors, list) or len(vectors) != count or not all(isinstance(v, list) for v in vectors):
+        raise malformed(PROVIDER)
+    billed = _count(_dict(_dict(data.get("meta")).get("billed_units")).get("input_tokens"))
+    usage = None if billed is None else Usage(input_tokens=billed)
+    return [float_values(vector, PROVIDER) for vector in vectors], usage
+
+
 # --- streaming ----------------------------------------------------------------------------
 
 
@@ -669,6 +718,33 @@ class CohereAdapter(Adapter):
 
     def stream(self, model: CatalogModel, request: dict[str, Any]) -> ChatStream:
         return CohereChatStream(self, model, request)
+
+    async def embed(self, model: CatalogModel, request: dict[str, Any]) -> EmbeddingResult:
+        texts = text_inputs(request, PROVIDER)
+        vectors: list[list[float] | str] = []
+        usage = Usage()
+        for run in batches(texts, EMBED_BATCH_TEXTS):
+            content = orjson.dumps(embed_body(model, request, run))
+            try:
+                response = await upstream_send(
+                    f"{model.base_url}/embed", content=content, headers=self.headers(model, stream=False)
+                )
+            except httpx.HTTPError as exc:
+                raise error_from_exception(exc, model.provider) from None
+            if response.status_code >= 400:
+                raise error_from_response(response.status_code, response.content, response.headers)
+            try:
+                data = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                data = None
+            if not isinstance(data, dict):
+                raise malformed(PROVIDER)
+            run_vectors, run_usage = embed_answer(data, len(run))
+            run_usage = run_usage or estimated_usage(run)
+            vectors += run_vectors
+            usage.input_tokens += run_usage.input_tokens
+            usage.estimated = usage.estimated or run_usage.estimated
+        return openai_embeddings(model, vectors, usage, request.get("encoding_format"))
 
 
 ADAPTERS: dict[str, Adapter] = {"cohere": CohereAdapter()}

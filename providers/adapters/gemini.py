@@ -16,6 +16,9 @@ Choices worth knowing when reading an answer:
 - Gemini 3 and later require a ``thoughtSignature`` on replayed ``functionCall``
   parts. OpenAI clients cannot hand one back, so each replayed model turn carries
   Google's documented sentinel that skips the check (at some cost to reasoning).
+- Embeddings report no usage: it is estimated and recorded as estimated.
+  Token-array input is refused (Gemini embeds text), and a list of more than
+  100 texts, Gemini's batch limit, is embedded in several calls.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import orjson
 
 from ..catalog import CatalogModel
 from ..http import upstream_send
-from .base import Adapter, ChatResult, ChatStream, ProviderError, StreamProgress, Usage
+from .base import Adapter, ChatResult, ChatStream, EmbeddingResult, ProviderError, StreamProgress, Usage
+from .embeddings import batches, estimated_usage, float_values, malformed, openai_embeddings, text_inputs
 from .openai import error_from_exception
 
 # https://ai.google.dev/gemini-api/docs/thought-signatures: a dummy signature that
@@ -528,6 +532,34 @@ def _stream_error(message: str, code: str = "upstream_error") -> dict[str, Any]:
     return {"message": message, "type": "upstream_error", "code": code}
 
 
+# --- embeddings -------------------------------------------------------------------------
+
+# batchEmbedContents takes at most this many requests; longer inputs are sent in runs.
+EMBED_BATCH_REQUESTS = 100
+
+
+def embed_content_request(model: CatalogModel, request: dict[str, Any], text: str) -> dict[str, Any]:
+    """One ``EmbedContentRequest``: ``dimensions`` is ``outputDimensionality``; ``user`` is dropped.
+
+    No ``taskType`` is sent (OpenAI has none to map), so the model's default applies.
+    """
+    item: dict[str, Any] = {"model": f"models/{model.name}", "content": {"parts": [{"text": text}]}}
+    if request.get("dimensions") is not None:
+        item["outputDimensionality"] = request["dimensions"]
+    return item
+
+
+def embed_values(data: dict[str, Any], count: int, *, batch: bool, provider: str) -> list[list[float] | str]:
+    """The vectors of an ``:embedContent`` (``embedding``) or ``:batchEmbedContents`` (``embeddings``) answer."""
+    embeddings = data.get("embeddings") if batch else [data.get("embedding")]
+    if not isinstance(embeddings, list) or len(embeddings) != count:
+        raise malformed(provider)
+    values = [item.get("values") if isinstance(item, dict) else None for item in embeddings]
+    if not all(isinstance(vector, list) for vector in values):
+        raise malformed(provider)
+    return [float_values(vector, provider) for vector in values]
+
+
 # --- streaming --------------------------------------------------------------------------
 
 
@@ -654,6 +686,36 @@ class GeminiAdapter(Adapter):
 
     def stream(self, model: CatalogModel, request: dict[str, Any]) -> ChatStream:
         return GeminiChatStream(self, model, request)
+
+    async def embed(self, model: CatalogModel, request: dict[str, Any]) -> EmbeddingResult:
+        """A string goes to ``:embedContent``, a list to ``:batchEmbedContents`` in runs of 100.
+
+        Gemini reports no usage for embeddings, so it is estimated (see ``providers.adapters.embeddings``).
+        """
+        texts = text_inputs(request, model.provider)
+        batch = not isinstance(request["input"], str)
+        base = f"{model.base_url}/models/{model.name}"
+        vectors: list[list[float] | str] = []
+        for run in batches(texts, EMBED_BATCH_REQUESTS):
+            if batch:
+                url = f"{base}:batchEmbedContents"
+                body = {"requests": [embed_content_request(model, request, text) for text in run]}
+            else:
+                url, body = f"{base}:embedContent", embed_content_request(model, request, run[0])
+            try:
+                response = await upstream_send(url, content=orjson.dumps(body), headers=self.headers(model))
+            except httpx.HTTPError as exc:
+                raise error_from_exception(exc, model.provider) from None
+            if response.status_code >= 400:
+                raise error_from_response(response.status_code, response.content, response.headers, model.provider)
+            try:
+                data = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                data = None
+            if not isinstance(data, dict):
+                raise malformed(model.provider)
+            vectors += embed_values(data, len(run), batch=batch, provider=model.provider)
+        return openai_embeddings(model, vectors, estimated_usage(texts), request.get("encoding_format"))
 
 
 class GeminiChatStream(ChatStream):

@@ -25,6 +25,17 @@ answers it, and for every later request of the conversation, so no state is
 kept. Incoming, an id in Mistral's answer that is the image of one of the
 request's ids is turned back into the client's id; ids Mistral mints itself
 already fit and pass through unchanged both ways.
+
+Embeddings
+----------
+Mistral and Together AI embed text at ``POST {base_url}/embeddings`` in an
+OpenAI-like shape (see ``providers.adapters.embeddings`` for the rules all
+non-OpenAI providers share). Both are asked for floats, which are encoded
+here when the client wants base64. Mistral takes ``dimensions`` as
+``output_dimension`` and reports usage. Together takes only ``model`` and
+``input``: ``dimensions`` is refused (its models have one size each), and
+its usage, not guaranteed, is estimated when missing. ``user`` is dropped
+for both. Groq keeps the OpenAI adapter's pass-through.
 """
 
 from __future__ import annotations
@@ -40,7 +51,15 @@ import orjson
 
 from ..catalog import CatalogModel
 from ..http import upstream_send
-from .base import ChatResult, ChatStream, ProviderError, StreamProgress, Usage
+from .base import ChatResult, ChatStream, EmbeddingResult, ProviderError, StreamProgress, Usage
+from .embeddings import (
+    estimated_usage,
+    float_values,
+    malformed,
+    openai_embeddings,
+    text_inputs,
+    unsupported_embedding_option,
+)
 from .openai import OpenAIAdapter, OpenAIChatStream, error_from_exception, error_from_response, usage_from_openai
 
 # The keys of OpenAI objects; anything else a provider adds is dropped on the way back.
@@ -353,6 +372,54 @@ class CompatAdapter(OpenAIAdapter):
     def stream(self, model: CatalogModel, request: dict[str, Any]) -> ChatStream:
         return CompatChatStream(self, model, request)
 
+    # --- embeddings (for the dialects that embed; Groq keeps OpenAI's pass-through) ---
+    def embedding_payload(self, model: CatalogModel, request: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+        """The provider's ``/embeddings`` body; the input keeps the client's shape (a string or a list)."""
+        return {"model": model.name, "input": request["input"] if isinstance(request["input"], str) else texts}
+
+    def embedding_answer(
+        self, model: CatalogModel, data: dict[str, Any], texts: list[str], request: dict[str, Any]
+    ) -> EmbeddingResult:
+        """The provider's OpenAI-like list as OpenAI's own: provider-only fields dropped, usage read or estimated."""
+        items = data.get("data")
+        if not isinstance(items, list) or len(items) != len(texts) or not all(isinstance(i, dict) for i in items):
+            raise malformed(model.provider)
+        positions = [item["index"] if isinstance(item.get("index"), int) else i for i, item in enumerate(items)]
+        if sorted(positions) != list(range(len(texts))):
+            raise malformed(model.provider)
+        by_position = dict(zip(positions, items, strict=True))
+        vectors = [float_values(by_position[i].get("embedding"), model.provider) for i in range(len(texts))]
+        usage = _embedding_usage(data.get("usage")) or estimated_usage(texts)
+        return openai_embeddings(model, vectors, usage, request.get("encoding_format"))
+
+    async def embed_texts(self, model: CatalogModel, request: dict[str, Any]) -> EmbeddingResult:
+        texts = text_inputs(request, model.provider)
+        content = orjson.dumps(self.embedding_payload(model, request, texts))
+        try:
+            response = await upstream_send(f"{model.base_url}/embeddings", content=content, headers=self.headers(model))
+        except httpx.HTTPError as exc:
+            raise error_from_exception(exc, model.provider) from None
+        if response.status_code >= 400:
+            raise self.error(response.status_code, response.content, response.headers, model.provider)
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise malformed(model.provider) from None
+        if not isinstance(data, dict):
+            raise malformed(model.provider)
+        return self.embedding_answer(model, data, texts, request)
+
+
+def _embedding_usage(raw: Any) -> Usage | None:
+    # Embeddings usage has no completion side: prompt_tokens, else the total, is what was read.
+    if not isinstance(raw, dict):
+        return None
+    for key in ("prompt_tokens", "total_tokens"):
+        count = raw.get(key)
+        if isinstance(count, int) and not isinstance(count, bool):
+            return Usage(input_tokens=count)
+    return None
+
 
 class CompatChatStream(OpenAIChatStream):
     def __init__(self, adapter: CompatAdapter, model: CatalogModel, request: dict[str, Any]) -> None:
@@ -543,6 +610,17 @@ class MistralAdapter(CompatAdapter):
             return {"type": "input_audio", "input_audio": audio.get("data") if isinstance(audio, dict) else audio}
         return {"type": "text", "text": part.get("text", "")}
 
+    async def embed(self, model: CatalogModel, request: dict[str, Any]) -> EmbeddingResult:
+        return await self.embed_texts(model, request)
+
+    def embedding_payload(self, model: CatalogModel, request: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+        body = super().embedding_payload(model, request, texts)
+        if request.get("dimensions") is not None:
+            body["output_dimension"] = request["dimensions"]
+        # encoding_format is not sent: Mistral does not document the bytes behind its base64,
+        # so floats are asked for (its default) and encoded here exactly as OpenAI does.
+        return body
+
     def response_ids(self, request: dict[str, Any]) -> dict[str, str]:
         return {
             mapped: client_id
@@ -678,6 +756,16 @@ class TogetherAdapter(CompatAdapter):
                 schema = (response_format.get("json_schema") or {}).get("schema")
                 body["response_format"] = {"type": "json_schema", "schema": schema}
         return body
+
+    async def embed(self, model: CatalogModel, request: dict[str, Any]) -> EmbeddingResult:
+        return await self.embed_texts(model, request)
+
+    def embedding_payload(self, model: CatalogModel, request: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+        if request.get("dimensions") is not None:
+            # Each Together model has one size; a vector of another length would break the client's index.
+            raise unsupported_embedding_option(model.provider, "dimensions", "choosing the vector size")
+        # encoding_format is not sent: Together answers floats, which are encoded here if base64 is asked.
+        return super().embedding_payload(model, request, texts)
 
     def refine(self, error: ProviderError, status: int, message: str, type_: str | None) -> ProviderError:
         if status == 403 and type_ == "invalid_request_error":

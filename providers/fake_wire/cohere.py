@@ -1,4 +1,4 @@
-"""The fake upstream's Cohere v2 dialect: ``POST /cohere/v2/chat``, JSON and SSE.
+"""The fake upstream's Cohere v2 dialect: ``POST /cohere/v2/chat`` (JSON and SSE) and ``/cohere/v2/embed``.
 
 Point ``MUXER_COHERE_BASE_URL`` at ``http://fake-host/cohere/v2``. It answers
 like the OpenAI route, in Cohere's shapes:
@@ -24,6 +24,14 @@ Validation follows the API reference (Bearer auth, required ``model`` and
 in [0, 1], ``tool_choice`` ``REQUIRED``/``NONE``, ``response_format``), and
 is stricter than the real API in one way: unknown top-level fields are
 rejected, so an OpenAI parameter leaking through the adapter shows up.
+
+``/cohere/v2/embed`` requires ``model``, ``input_type`` and
+``embedding_types`` (only ``["float"]`` is answered) and at most 96
+``texts``; ``output_dimension`` is one of 256, 512, 1024, 1536. Vectors come
+from ``providers.fake_wire.embeddings.vector`` (8 dimensions by default) and
+``meta.billed_units.input_tokens`` is ceil(characters / 4) per text. The
+directives in the first text apply (``status`` answers the ``{"id",
+"message"}`` error body).
 """
 
 from __future__ import annotations
@@ -56,9 +64,12 @@ from providers.fake_upstream import (
     _wait_disconnect,
     register_dialect,
 )
+from providers.fake_wire.embeddings import DEFAULT_DIMENSIONS, vector
 
 PREFIX = "/cohere/v2"
 CHAT_PATH = f"{PREFIX}/chat"
+EMBED_PATH = f"{PREFIX}/embed"
+MAX_EMBED_TEXTS = 96
 # Cohere's usage.tokens counts its own prompt template too (71 vs 5 billed in its docs).
 TEMPLATE_TOKENS = 66
 MAX_STOP_SEQUENCES = 5
@@ -92,6 +103,23 @@ _FIELDS = frozenset(
     }
 )
 _SAFETY_MODES = frozenset({"CONTEXTUAL", "STRICT", "OFF"})
+_EMBED_FIELDS = frozenset(
+    {
+        "model",
+        "input_type",
+        "embedding_types",
+        "texts",
+        "images",
+        "inputs",
+        "output_dimension",
+        "truncate",
+        "max_tokens",
+    }
+)
+_INPUT_TYPES = ("search_document", "search_query", "classification", "clustering", "image")
+_EMBEDDING_TYPES = ("float", "int8", "uint8", "binary", "ubinary", "base64")
+_OUTPUT_DIMENSIONS = (256, 512, 1024, 1536)
+_TRUNCATE = ("NONE", "START", "END")
 _MIDSTREAM_ERROR = "internal server error, this has been reported to our developers"
 
 
@@ -469,18 +497,114 @@ def _plan(app: FakeUpstream, raw_body: bytes, fake_headers: Headers | None) -> C
     return CoherePlan(model, stream, controls, words, tool, finish_reason, prompt_tokens)
 
 
+# --- embed --------------------------------------------------------------------------------
+
+
+def _one_of(data: dict[str, Any], name: str, allowed: tuple[Any, ...]) -> None:
+    value = data.get(name)
+    if value is not None and value not in allowed:
+        choices = ", ".join(str(choice) for choice in allowed)
+        raise BadRequestError(f"invalid request: {name} must be one of {choices}; got {value!r}.")
+
+
+def _embed_texts(raw_body: bytes) -> tuple[dict[str, Any], list[str]]:
+    """The embed request and its texts, validated as ``POST /v2/embed`` validates them."""
+    try:
+        data = orjson.loads(raw_body)
+    except orjson.JSONDecodeError:
+        raise BadRequestError("invalid request: could not parse the JSON body.") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("invalid request: the body must be a JSON object.")
+    unknown = sorted(data.keys() - _EMBED_FIELDS)
+    if unknown:
+        raise BadRequestError(f"invalid request: unknown field {unknown[0]!r}.")
+    if not isinstance(data.get("model"), str) or not data["model"]:
+        raise BadRequestError("invalid request: model is required.")
+    if data.get("input_type") is None:
+        raise BadRequestError("invalid request: input_type is required for embed models v3 and higher.")
+    _one_of(data, "input_type", _INPUT_TYPES)
+    types = data.get("embedding_types")
+    if not isinstance(types, list) or not types or any(kind not in _EMBEDDING_TYPES for kind in types):
+        raise BadRequestError(
+            f"invalid request: embedding_types must be a non-empty list of {', '.join(_EMBEDDING_TYPES)}."
+        )
+    if types != ["float"]:
+        raise BadRequestError("invalid request: the fake upstream only returns float embeddings.")
+    if data.get("images") is not None or data.get("inputs") is not None:
+        raise BadRequestError("invalid request: the fake upstream only embeds texts.")
+    texts = data.get("texts")
+    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
+        raise BadRequestError("invalid request: texts must be a non-empty list of strings.")
+    if len(texts) > MAX_EMBED_TEXTS:
+        raise BadRequestError(
+            f"invalid request: total number of texts must be at most {MAX_EMBED_TEXTS} - received {len(texts)}"
+        )
+    _one_of(data, "output_dimension", _OUTPUT_DIMENSIONS)
+    _one_of(data, "truncate", _TRUNCATE)
+    return data, list(texts)
+
+
+def _embed_answer(data: dict[str, Any], texts: list[str]) -> bytes:
+    dimensions = data.get("output_dimension") or DEFAULT_DIMENSIONS
+    tokens = sum(max(1, -(-len(text) // 4)) for text in texts)  # the OpenAI embeddings fake's rule
+    return orjson.dumps(
+        {
+            "id": str(uuid.uuid4()),
+            "embeddings": {"float": [vector(text, dimensions) for text in texts]},
+            "texts": texts,
+            "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens}},
+            "response_type": "embeddings_by_type",
+        }
+    )
+
+
+async def _embed(app: FakeUpstream, scope: Scope, receive: Receive, send: Send) -> None:
+    stats = app.stats
+    stats.requests += 1
+    raw_body = await _read_body(receive)
+    headers: Headers = scope["headers"]
+    stats.last_request = (scope["method"], scope["path"], headers, raw_body)
+    authorization = next((value for name, value in headers if name == b"authorization"), b"")
+    scheme, _, key = authorization.partition(b" ")
+    if scheme.lower() != b"bearer" or not key.strip():
+        stats.errors += 1
+        message = "no api key supplied" if not authorization else "invalid api token"
+        await _send_json(send, 401, _error(message), _JSON_HEADERS)
+        return
+    try:
+        data, texts = _embed_texts(raw_body)
+        controls = app.defaults
+        if DIRECTIVE_OPEN in texts[0]:
+            texts[0], controls = _apply_directives(texts[0], controls, data["model"])
+    except BadRequestError as exc:
+        stats.errors += 1
+        await _send_json(send, 400, _error(exc.message), _JSON_HEADERS)
+        return
+    if controls.latency_ms > 0:
+        await asyncio.sleep(controls.latency_ms / 1000)
+    if controls.status is not None:
+        stats.errors += 1
+        body, extra = _injected_error(controls.status, data["model"], controls.retry_after)
+        await _send_json(send, controls.status, body, [*_JSON_HEADERS, *extra])
+        return
+    stats.completed += 1
+    await _send_json(send, 200, _embed_answer(data, texts), _JSON_HEADERS)
+
+
 # --- the route ----------------------------------------------------------------------------
 
 
 async def handle(app: FakeUpstream, scope: Scope, receive: Receive, send: Send) -> None:
     path: str = scope["path"]
-    if path != CHAT_PATH:
+    routes = {CHAT_PATH: _chat, EMBED_PATH: _embed}
+    route = routes.get(path)
+    if route is None:
         await _send_json(send, 404, _error(f"path {path} not found"), _JSON_HEADERS)
         return
     if scope["method"] != "POST":
         await _send_json(send, 405, _error(f"method {scope['method']} not allowed"), _JSON_HEADERS)
         return
-    await _chat(app, scope, receive, send)
+    await route(app, scope, receive, send)
 
 
 async def _chat(app: FakeUpstream, scope: Scope, receive: Receive, send: Send) -> None:

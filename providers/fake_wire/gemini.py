@@ -7,6 +7,12 @@ Routes, under ``/gemini/v1beta``:
   response per event holding only the new parts, ``usageMetadata`` as running
   totals on every event, ``finishReason`` on the last; no ``[DONE]``, the body
   just ends. Without ``alt=sse`` the same responses come as one JSON array.
+- ``POST /models/{model}:embedContent`` (``{"embedding": {"values"}}``) and
+  ``:batchEmbedContents`` (at most 100 requests, each naming
+  ``models/{model}``; ``{"embeddings": [{"values"}]}``): vectors from
+  ``providers.fake_wire.embeddings.vector`` of the text parts, of
+  ``outputDimensionality`` values (8 by default), and no usage, as Gemini
+  reports none. The directives of the first text apply, ``gemini_error`` too.
 
 Auth is the ``x-goog-api-key`` header (or ``?key=``); a missing key is a 403
 ``PERMISSION_DENIED``. The body is checked like the real API checks it: wire
@@ -66,11 +72,14 @@ from providers.fake_upstream import (
     _wait_disconnect,
     register_dialect,
 )
+from providers.fake_wire.embeddings import DEFAULT_DIMENSIONS, vector
 
 PREFIX = "/gemini/v1beta"
 MODELS_PATH = f"{PREFIX}/models/"
 TOOL_ARGS: dict[str, Any] = orjson.loads(TOOL_ARGUMENTS)
 MAX_STOP_SEQUENCES = 5
+MAX_EMBED_BATCH = 100
+MAX_EMBED_DIMENSIONS = 3072
 
 _JSON_HEADERS: Headers = [(b"content-type", b"application/json; charset=UTF-8"), (b"vary", b"Origin")]
 _SSE_HEADERS: Headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -120,6 +129,19 @@ _INTERNAL_MESSAGE = (
     "https://developers.generativeai.google/guide/troubleshooting"
 )
 _MIDSTREAM_ERROR: dict[str, Any] = {"code": 500, "message": _INTERNAL_MESSAGE, "status": "INTERNAL"}
+_UNREGISTERED_CALLER = (
+    "Method doesn't allow unregistered callers (callers without established identity). "
+    "Please use API Key or other form of API consumer identity to call this API."
+)
+_GENERATE_ACTIONS = frozenset({"generateContent", "streamGenerateContent"})
+_EMBED_ACTIONS = frozenset({"embedContent", "batchEmbedContents"})
+_EMBED_FIELDS = frozenset({"model", "content", "taskType", "title", "outputDimensionality"})
+_TASK_TYPES = frozenset(
+    {
+        "TASK_TYPE_UNSPECIFIED", "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY", "CLASSIFICATION",
+        "CLUSTERING", "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY",
+    }
+)  # fmt: skip
 
 
 def error_body(
@@ -603,6 +625,102 @@ def plan_reply(defaults: Controls, raw_body: bytes, fake_headers: Headers, model
     )
 
 
+# --- embeddings --------------------------------------------------------------------------
+
+
+def _embed_item(data: Any, where: str, model: str, *, batched: bool) -> tuple[str, int]:
+    """The text and vector size of one ``EmbedContentRequest``, validated."""
+    data = _check_fields(data, _EMBED_FIELDS, where)
+    name = data.get("model")
+    if batched and name != f"models/{model}":
+        # The URL names the model; each request in a batch must repeat it.
+        raise BadRequestError(f"* BatchEmbedContentsRequest.{where}.model: must be models/{model}, as in the URL.\n")
+    if name is not None and not (isinstance(name, str) and name.startswith("models/")):
+        raise BadRequestError(f"* EmbedContentRequest.model: unexpected model name format {name!r}.\n")
+    at = f"{where}.content" if where else "content"
+    content = _check_fields(data.get("content"), frozenset({"role", "parts"}), at)
+    parts = content.get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise BadRequestError(f"* EmbedContentRequest.{at}.parts: parts must not be empty.\n")
+    texts = _texts([_check_part(part, f"{at}.parts[{j}]") for j, part in enumerate(parts)])
+    if not texts:
+        raise BadRequestError(f"* EmbedContentRequest.{at}: only text parts are embedded, and there is none.\n")
+    task = data.get("taskType")
+    if task is not None and task not in _TASK_TYPES:
+        raise BadRequestError(
+            f"Invalid value at '{where + '.' if where else ''}task_type' "
+            f'(type.googleapis.com/google.ai.generativelanguage.v1beta.TaskType), "{task}"'
+        )
+    if data.get("title") is not None and not isinstance(data["title"], str):
+        raise BadRequestError(f"Invalid value at '{where + '.' if where else ''}title', expected a string.")
+    dimensions = data.get("outputDimensionality", DEFAULT_DIMENSIONS)
+    if type(dimensions) is not int or not 1 <= dimensions <= MAX_EMBED_DIMENSIONS:
+        raise BadRequestError(
+            f"* EmbedContentRequest.output_dimensionality: must be between 1 and {MAX_EMBED_DIMENSIONS}.\n"
+        )
+    return " ".join(texts), dimensions
+
+
+def _embed_items(raw_body: bytes, model: str, *, batch: bool) -> list[tuple[str, int]]:
+    try:
+        data = orjson.loads(raw_body)
+    except orjson.JSONDecodeError:
+        raise BadRequestError("Invalid JSON payload received. Unexpected token.") from None
+    if not batch:
+        return [_embed_item(data, "", model, batched=False)]
+    requests = _check_fields(data, frozenset({"requests"}), "").get("requests")
+    if not isinstance(requests, list) or not requests:
+        raise BadRequestError("* BatchEmbedContentsRequest.requests: requests must not be empty.\n")
+    if len(requests) > MAX_EMBED_BATCH:
+        raise BadRequestError(
+            f"* BatchEmbedContentsRequest.requests: at most {MAX_EMBED_BATCH} requests can be in one batch\n"
+        )
+    return [_embed_item(item, f"requests[{i}]", model, batched=True) for i, item in enumerate(requests)]
+
+
+async def _embed(app: FakeUpstream, scope: Scope, receive: Receive, send: Send, model: str, *, batch: bool) -> None:
+    """``:embedContent`` and ``:batchEmbedContents``; like Gemini, no usage is reported."""
+    stats = app.stats
+    stats.requests += 1
+    raw_body = await _read_body(receive)
+    headers: Headers = scope["headers"]
+    query = scope.get("query_string", b"").decode("latin-1")
+    stats.last_request = (scope["method"], f"{scope['path']}?{query}" if query else scope["path"], headers, raw_body)
+    key = next((value for name, value in headers if name == b"x-goog-api-key"), b"")
+    if not key.strip() and not parse_qs(query).get("key"):
+        stats.errors += 1
+        await _answer(send, 403, error_body(403, _UNREGISTERED_CALLER))
+        return
+    dialect: dict[str, str] = {}
+    controls = app.defaults
+    try:
+        items = _embed_items(raw_body, model, batch=batch)
+        text, dimensions = items[0]
+        if DIRECTIVE_OPEN in text:
+            text, dialect = take_dialect_directives(text, model)
+            text, controls = _apply_directives(text, controls, model)
+            items[0] = (text, dimensions)
+    except BadRequestError as exc:
+        stats.errors += 1
+        await _answer(send, 400, error_body(400, exc.message))
+        return
+    if dialect.get("gemini_error") is not None:
+        stats.errors += 1
+        await _answer(
+            send, 400, _api_key_invalid() if dialect["gemini_error"] == "api_key_invalid" else _failed_precondition()
+        )
+        return
+    if controls.latency_ms > 0:
+        await asyncio.sleep(controls.latency_ms / 1000)
+    if controls.status is not None:
+        stats.errors += 1
+        await _answer(send, controls.status, injected_error(controls.status, model, controls.retry_after))
+        return
+    embeddings = [{"values": vector(text, dimensions)} for text, dimensions in items]
+    stats.completed += 1
+    await _answer(send, 200, orjson.dumps({"embeddings": embeddings} if batch else {"embedding": embeddings[0]}))
+
+
 # --- the routes -----------------------------------------------------------------------
 
 
@@ -613,11 +731,14 @@ async def _answer(send: Send, status: int, body: bytes) -> None:
 async def handle(app: FakeUpstream, scope: Scope, receive: Receive, send: Send) -> None:
     path: str = scope["path"]
     model, _, action = path[len(MODELS_PATH) :].rpartition(":") if path.startswith(MODELS_PATH) else ("", "", "")
-    if not model or "/" in model or action not in ("generateContent", "streamGenerateContent"):
+    if not model or "/" in model or action not in _GENERATE_ACTIONS | _EMBED_ACTIONS:
         await _answer(send, 404, error_body(404, f"Requested entity was not found: {path}"))
         return
     if scope["method"] != "POST":
         await _answer(send, 405, error_body(405, f"Method {scope['method']} is not allowed.", status="UNIMPLEMENTED"))
+        return
+    if action in _EMBED_ACTIONS:
+        await _embed(app, scope, receive, send, model, batch=action == "batchEmbedContents")
         return
     await _generate(app, scope, receive, send, model, streaming=action == "streamGenerateContent")
 
@@ -642,11 +763,7 @@ async def _generate(
             fake_headers.append((name, value))
     if not key.strip() and not params.get("key"):
         stats.errors += 1
-        message = (
-            "Method doesn't allow unregistered callers (callers without established identity). "
-            "Please use API Key or other form of API consumer identity to call this API."
-        )
-        await _answer(send, 403, error_body(403, message))
+        await _answer(send, 403, error_body(403, _UNREGISTERED_CALLER))
         return
 
     try:

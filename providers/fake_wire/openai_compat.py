@@ -41,6 +41,17 @@ Together AI
     prompt plus ``max_tokens`` over ``TOGETHER_CONTEXT_TOKENS`` is a 403, as
     Together answers it. ``fail_after_chunks`` ends with ``data: {"error":...}``.
 
+Embeddings
+    ``/mistral/v1/embeddings`` takes ``model``, ``input`` (a string or strings),
+    ``output_dimension``, ``output_dtype`` (only ``float`` is answered) and
+    ``encoding_format`` (``base64`` is OpenAI's float32 encoding), refuses
+    anything else with a 422 ``detail``, and reports ``usage`` with
+    ``completion_tokens: 0``. ``/together/v1/embeddings`` takes only ``model``
+    and ``input`` (400 otherwise) and reports no usage. Vectors come from
+    ``providers.fake_wire.embeddings.vector`` (8 dimensions by default),
+    tokens are ceil(characters / 4) per input, and the directives in the
+    first text apply.
+
 Every route answers auth failures, injected ``status=N`` errors and
 validation errors with that provider's own error body, updates ``app.stats``
 like the OpenAI route, and honours the response faults of
@@ -50,12 +61,15 @@ like the OpenAI route, and honours the response faults of
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
+import struct
 from typing import Any
 
 import orjson
 
 from providers.fake_upstream import (
+    DIRECTIVE_OPEN,
     TOOL_ARGUMENTS,
     BadRequestError,
     FakeUpstream,
@@ -64,17 +78,20 @@ from providers.fake_upstream import (
     Receive,
     Scope,
     Send,
+    _apply_directives,
     _random_id,
     _read_body,
     _send_json,
     _wait_disconnect,
     register_dialect,
 )
+from providers.fake_wire.embeddings import DEFAULT_DIMENSIONS, vector
 
 MISTRAL_PREFIX = "/mistral/v1"
 GROQ_PREFIX = "/groq/openai/v1"
 TOGETHER_PREFIX = "/together/v1"
 CHAT_PATH = "/chat/completions"
+EMBEDDINGS_PATH = "/embeddings"
 # Small enough that a words directive can reach it, so model_length is testable.
 MISTRAL_CONTEXT_TOKENS = 4096
 TOGETHER_CONTEXT_TOKENS = 32_768
@@ -111,6 +128,11 @@ def _word_deltas(words: tuple[str, ...] | list[str]) -> list[str]:
     return [word if index == last else word + " " for index, word in enumerate(words)]
 
 
+def embedding_tokens(texts: list[str]) -> int:
+    """The OpenAI embeddings fake's rule: ceil(characters / 4) per input, at least 1."""
+    return sum(max(1, -(-len(text) // 4)) for text in texts)
+
+
 def _base_usage(plan: Plan) -> dict[str, int]:
     completion = plan.completion_tokens()
     return {
@@ -121,11 +143,12 @@ def _base_usage(plan: Plan) -> dict[str, int]:
 
 
 class Dialect:
-    """One provider's chat-completions route; subclasses say how it differs from OpenAI."""
+    """One provider's chat-completions route (and embeddings route, if it embeds); subclasses say how it differs."""
 
     slug = ""
     prefix = ""
     ratelimit_headers: Headers = []
+    embeds = False
 
     # --- what subclasses describe -----------------------------------------
     def unauthorized(self) -> dict[str, Any]:
@@ -155,16 +178,28 @@ class Dialect:
         """The stream cut after ``count`` events, ending with this provider's error event."""
         raise NotImplementedError
 
+    def embedding_texts(self, data: Any) -> list[str]:
+        """The texts of an embeddings request; raise WireError for what this provider refuses."""
+        raise NotImplementedError
+
+    def embedding_answer(self, data: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+        raise NotImplementedError
+
     # --- the shared request flow -------------------------------------------
     async def __call__(self, app: FakeUpstream, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
-        if path != self.prefix + CHAT_PATH:
+        if path == self.prefix + CHAT_PATH:
+            route = self.chat
+        elif self.embeds and path == self.prefix + EMBEDDINGS_PATH:
+            route = self.embeddings
+        else:
             await _send_json(send, 404, self.not_found(method, path), _JSON)
-        elif method != "POST":
+            return
+        if method != "POST":
             await _send_json(send, 405, self.not_found(method, path), [*_JSON, (b"allow", b"POST")])
         else:
-            await self.chat(app, scope, receive, send)
+            await route(app, scope, receive, send)
 
     def not_found(self, method: str, path: str) -> bytes:
         return orjson.dumps({"error": {"message": f"Unknown request URL: {method} {path}.", "type": "not_found"}})
@@ -216,6 +251,46 @@ class Dialect:
             return
         stats.completed += 1
         await _send_json(send, 200, orjson.dumps(self.completion(plan)), [*_JSON, *self.ratelimit_headers])
+
+    async def embeddings(self, app: FakeUpstream, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST {prefix}/embeddings``: vectors from ``providers.fake_wire.embeddings.vector``.
+
+        The shared directives (``status``, ``latency_ms``, ``retry_after``, and the
+        response faults) are read from the first text, as on the OpenAI route.
+        """
+        stats = app.stats
+        stats.requests += 1
+        raw_body = await _read_body(receive)
+        headers: Headers = scope["headers"]
+        stats.last_request = (scope["method"], scope["path"], headers, raw_body)
+        authorization = next((value for name, value in headers if name == b"authorization"), b"")
+        scheme, _, key = authorization.partition(b" ")
+        if scheme.lower() != b"bearer" or not key.strip():
+            await self.refuse(app, send, WireError(401, self.unauthorized()))
+            return
+        try:
+            try:
+                data = orjson.loads(raw_body)
+            except orjson.JSONDecodeError:
+                raise BadRequestError("Invalid JSON body.") from None
+            texts = self.embedding_texts(data)
+            controls = app.defaults
+            if DIRECTIVE_OPEN in texts[0]:
+                texts[0], controls = _apply_directives(texts[0], controls, data["model"])
+        except BadRequestError as exc:
+            await self.refuse(app, send, self.invalid(exc))
+            return
+        except WireError as exc:
+            await self.refuse(app, send, exc)
+            return
+        if controls.latency_ms > 0:
+            await asyncio.sleep(controls.latency_ms / 1000)
+        if controls.status is not None:
+            await self.refuse(app, send, self.injected(controls.status, data["model"], controls.retry_after))
+            return
+        stats.completed += 1
+        body = orjson.dumps(self.embedding_answer(data, texts))
+        await _send_json(send, 200, body, [*_JSON, *self.ratelimit_headers])
 
     async def refuse(self, app: FakeUpstream, send: Send, error: WireError) -> None:
         app.stats.errors += 1
@@ -298,6 +373,11 @@ _MISTRAL_RATELIMIT: Headers = [
 ]
 
 
+_MISTRAL_EMBEDDING_FIELDS = frozenset({"model", "input", "output_dimension", "output_dtype", "encoding_format"})
+_MISTRAL_DTYPES = ("float", "int8", "uint8", "binary", "ubinary")
+_ENCODINGS = ("float", "base64")
+
+
 def mistral_error(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
     return {"object": "error", "message": message, "type": type_, "param": None, "code": code}
 
@@ -316,10 +396,66 @@ def _mistral_tool_id() -> str:
     return "".join(chars)
 
 
+def _detail(type_: str, loc: list[Any], msg: str, value: Any) -> dict[str, Any]:
+    return {"type": type_, "loc": loc, "msg": msg, "input": value}
+
+
+def _enum_text(values: tuple[str, ...]) -> str:
+    quoted = [f"'{value}'" for value in values]
+    return f"Input should be {', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
 class MistralWire(Dialect):
     slug = "mistral"
     prefix = MISTRAL_PREFIX
     ratelimit_headers = _MISTRAL_RATELIMIT
+    embeds = True
+
+    def embedding_texts(self, data: Any) -> list[str]:
+        if not isinstance(data, dict):
+            msg = "Input should be a valid dictionary or object to extract fields from"
+            raise WireError(422, {"detail": [_detail("model_attributes_type", ["body"], msg, data)]})
+        fields = _MISTRAL_EMBEDDING_FIELDS
+        details = [_extra_forbidden(["body", key], value) for key, value in data.items() if key not in fields]
+        if not isinstance(data.get("model"), str):
+            details.append(_detail("missing", ["body", "model"], "Field required", data))
+        value = data.get("input")
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
+            msg = "Input should be a valid string or a non-empty list of strings"
+            details.append(_detail("string_type", ["body", "input"], msg, value))
+        dimension = data.get("output_dimension")
+        if dimension is not None and (type(dimension) is not int or dimension < 1):
+            msg = "Input should be greater than 0"
+            details.append(_detail("greater_than", ["body", "output_dimension"], msg, dimension))
+        for key, allowed in (("output_dtype", _MISTRAL_DTYPES), ("encoding_format", _ENCODINGS)):
+            if data.get(key) is not None and data[key] not in allowed:
+                details.append(_detail("enum", ["body", key], _enum_text(allowed), data[key]))
+        if details:
+            raise WireError(422, {"detail": details})
+        if data.get("output_dtype", "float") != "float":
+            message = "The fake upstream only returns float embeddings."
+            raise WireError(400, mistral_error(message, "invalid_request_error"))
+        assert isinstance(texts, list)  # checked with the details above
+        return list(texts)
+
+    def embedding_answer(self, data: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+        dimensions = data.get("output_dimension") or DEFAULT_DIMENSIONS
+        items = []
+        for index, text in enumerate(texts):
+            values = vector(text, dimensions)
+            embedding: Any = values
+            if data.get("encoding_format") == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+            items.append({"object": "embedding", "embedding": embedding, "index": index})
+        tokens = embedding_tokens(texts)
+        return {
+            "id": _random_id("", 128),
+            "object": "list",
+            "data": items,
+            "model": data["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+        }
 
     def unauthorized(self) -> dict[str, Any]:
         return {"message": "Unauthorized", "request_id": _random_id("", 128)}
@@ -636,6 +772,35 @@ class TogetherWire(Dialect):
     slug = "together"
     prefix = TOGETHER_PREFIX
     ratelimit_headers = _TOGETHER_RATELIMIT
+    embeds = True
+
+    def embedding_texts(self, data: Any) -> list[str]:
+        # Stricter than Together: fields it does not document are refused, so an OpenAI one leaking shows.
+        if not isinstance(data, dict):
+            raise WireError(400, together_error("The request body must be a JSON object.", "invalid_request_error"))
+        unknown = sorted(set(data) - {"model", "input"})
+        if unknown:
+            message = f"Unrecognized request argument supplied: {unknown[0]}"
+            raise WireError(400, together_error(message, "invalid_request_error"))
+        if not isinstance(data.get("model"), str) or not data["model"]:
+            raise WireError(400, together_error("model is required", "invalid_request_error"))
+        value = data.get("input")
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
+            message = "input must be a string or a non-empty array of strings"
+            raise WireError(400, together_error(message, "invalid_request_error"))
+        return list(texts)
+
+    def embedding_answer(self, data: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+        # No usage: Together does not guarantee one, and the gateway must cope without.
+        return {
+            "object": "list",
+            "model": data["model"],
+            "data": [
+                {"object": "embedding", "embedding": vector(text, DEFAULT_DIMENSIONS), "index": index}
+                for index, text in enumerate(texts)
+            ],
+        }
 
     def unauthorized(self) -> dict[str, Any]:
         return together_error(
