@@ -18,7 +18,7 @@ from providers.models import Provider, ProviderCredential
 from providers.services import provider_credential_set, provider_credentials_rotate
 from tests.conftest import FakeUpstream, Tenant
 from tests.factories import MembershipFactory, issue_key
-from tests.routing.harness import chat, in_thread, post, upstream_stats
+from tests.routing.harness import chat, in_thread, post, upstream_stats, usage_rows
 
 SECRET = "sk-org-own-key-0123456789abcd"
 
@@ -221,3 +221,19 @@ def test_byok_makes_a_provider_without_a_platform_key_available_to_that_organiza
 
     assert "gpt-4o-mini" in models(ours)
     assert "gpt-4o-mini" not in models(theirs)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_key_never_reaches_logs_errors_or_usage_rows(
+    api_key: str, upstream: FakeUpstream, stored: ProviderCredential, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+
+    refused = await post(chat("[fake status=401] hi", model="gpt-4o-mini"), key=api_key)
+
+    assert refused.status == 502
+    assert SECRET not in refused.body.decode()
+    assert SECRET not in caplog.text
+    rows = await usage_rows()
+    assert rows
+    assert all(SECRET not in str(vars(row)) for row in rows)
