@@ -55,9 +55,16 @@ import httpx
 import orjson
 
 from ..catalog import CatalogModel
-from ..http import upstream_send
-from .base import Adapter, ChatResult, ChatStream, ProviderError, StreamProgress, Usage
-from .openai import error_from_exception
+from .base import (
+    Adapter,
+    ChatResult,
+    ChatStream,
+    ProviderError,
+    StreamProgress,
+    Usage,
+    error_from_exception,
+    provider_post,
+)
 
 API_VERSION = "2023-06-01"
 # The synthetic tool that stands in for OpenAI's json_object mode.
@@ -592,12 +599,13 @@ class AnthropicAdapter(Adapter):
 
     async def chat(self, model: CatalogModel, request: dict[str, Any]) -> ChatResult:
         body = messages_body(model, request, stream=False)
-        try:
-            response = await upstream_send(self.url(model), content=orjson.dumps(body), headers=request_headers(model))
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, model.provider) from None
-        if response.status_code >= 400:
-            raise error_from_response(response.status_code, response.content, response.headers, model.provider)
+        response = await provider_post(
+            self.url(model),
+            content=orjson.dumps(body),
+            headers=request_headers(model),
+            provider=model.provider,
+            on_error=error_from_response,
+        )
         try:
             data = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -628,21 +636,14 @@ class AnthropicChatStream(ChatStream):
 
     async def open(self) -> None:
         body = messages_body(self.model, self.request, stream=True)
-        try:
-            response = await upstream_send(
-                self.adapter.url(self.model),
-                content=orjson.dumps(body),
-                headers=request_headers(self.model),
-                stream=True,
-            )
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, self.model.provider) from None
-        if response.status_code >= 400:
-            try:
-                content = await response.aread()
-            finally:
-                await response.aclose()
-            raise error_from_response(response.status_code, content, response.headers, self.model.provider)
+        response = await provider_post(
+            self.adapter.url(self.model),
+            content=orjson.dumps(body),
+            headers=request_headers(self.model),
+            stream=True,
+            provider=self.model.provider,
+            on_error=error_from_response,
+        )
         self.response = response
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from ..catalog import CatalogModel
+from ..http import upstream_send
+
+ErrorMapper = Callable[[int, bytes, httpx.Headers, str], "ProviderError"]
 
 
 class ProviderError(Exception):
@@ -99,3 +104,48 @@ class Adapter(ABC):
             code="invalid_request_error",
             type="invalid_request_error",
         )
+
+
+def _is_timeout(exc: httpx.HTTPError) -> bool:
+    # httpx-aiohttp maps every aiohttp connection error, a refused connection
+    # included, to httpx.ConnectTimeout; the aiohttp error it chains tells the truth
+    # (aiohttp's timeouts are TimeoutErrors).
+    if exc.__cause__ is not None:
+        return isinstance(exc.__cause__, TimeoutError)
+    return isinstance(exc, httpx.TimeoutException)
+
+
+def error_from_exception(exc: httpx.HTTPError, provider: str) -> ProviderError:
+    if _is_timeout(exc):
+        return ProviderError(f"{provider} did not answer in time.", status=504, retryable=True, code="upstream_timeout")
+    reason = type(exc.__cause__ or exc).__name__
+    return ProviderError(f"Could not reach {provider}: {reason}.", status=502, retryable=True)
+
+
+async def provider_post(
+    url: str,
+    *,
+    content: bytes,
+    headers: dict[str, str],
+    provider: str,
+    on_error: ErrorMapper,
+    stream: bool = False,
+) -> httpx.Response:
+    """POST through the shared seam; a transport failure or an HTTP error status becomes a ``ProviderError``.
+
+    ``on_error(status, body, headers, provider)`` reads the provider's own error body.
+    """
+    try:
+        response = await upstream_send(url, content=content, headers=headers, stream=stream)
+    except httpx.HTTPError as exc:
+        raise error_from_exception(exc, provider) from None
+    if response.status_code >= 400:
+        if stream:
+            try:
+                body = await response.aread()
+            finally:
+                await response.aclose()
+        else:
+            body = response.content
+        raise on_error(response.status_code, body, response.headers, provider)
+    return response

@@ -43,10 +43,18 @@ import httpx
 import orjson
 
 from ..catalog import CatalogModel
-from ..http import upstream_send
-from .base import Adapter, ChatResult, ChatStream, EmbeddingResult, ProviderError, StreamProgress, Usage
+from .base import (
+    Adapter,
+    ChatResult,
+    ChatStream,
+    EmbeddingResult,
+    ProviderError,
+    StreamProgress,
+    Usage,
+    error_from_exception,
+    provider_post,
+)
 from .embeddings import batches, estimated_usage, float_values, malformed, openai_embeddings, text_inputs
-from .openai import error_from_exception
 
 PROVIDER = "cohere"
 # Cohere's documented bounds for p; OpenAI allows top_p in [0, 1].
@@ -425,7 +433,7 @@ def _upstream_message(content: bytes) -> str:
     return str(message)[:500] if message else ""
 
 
-def error_from_response(status: int, content: bytes, headers: httpx.Headers) -> ProviderError:
+def error_from_response(status: int, content: bytes, headers: httpx.Headers, provider: str = "cohere") -> ProviderError:
     """Map Cohere's HTTP error (``{"message": ...}``) to what the client should see."""
     if status in (400, 404, 409, 413, 422):
         # The request itself was judged; Cohere's message helps the client fix it.
@@ -639,21 +647,14 @@ class CohereChatStream(ChatStream):
 
     async def open(self) -> None:
         content = orjson.dumps(chat_body(self.model, self.request, stream=True))
-        try:
-            response = await upstream_send(
-                self.adapter.url(self.model),
-                content=content,
-                headers=self.adapter.headers(self.model, stream=True),
-                stream=True,
-            )
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, self.model.provider) from None
-        if response.status_code >= 400:
-            try:
-                body = await response.aread()
-            finally:
-                await response.aclose()
-            raise error_from_response(response.status_code, body, response.headers)
+        response = await provider_post(
+            self.adapter.url(self.model),
+            content=content,
+            headers=self.adapter.headers(self.model, stream=True),
+            stream=True,
+            provider=self.model.provider,
+            on_error=error_from_response,
+        )
         self.response = response
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
@@ -702,12 +703,13 @@ class CohereAdapter(Adapter):
 
     async def chat(self, model: CatalogModel, request: dict[str, Any]) -> ChatResult:
         content = orjson.dumps(chat_body(model, request, stream=False))
-        try:
-            response = await upstream_send(self.url(model), content=content, headers=self.headers(model, stream=False))
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, model.provider) from None
-        if response.status_code >= 400:
-            raise error_from_response(response.status_code, response.content, response.headers)
+        response = await provider_post(
+            self.url(model),
+            content=content,
+            headers=self.headers(model, stream=False),
+            provider=model.provider,
+            on_error=error_from_response,
+        )
         try:
             data = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -725,14 +727,13 @@ class CohereAdapter(Adapter):
         usage = Usage()
         for run in batches(texts, EMBED_BATCH_TEXTS):
             content = orjson.dumps(embed_body(model, request, run))
-            try:
-                response = await upstream_send(
-                    f"{model.base_url}/embed", content=content, headers=self.headers(model, stream=False)
-                )
-            except httpx.HTTPError as exc:
-                raise error_from_exception(exc, model.provider) from None
-            if response.status_code >= 400:
-                raise error_from_response(response.status_code, response.content, response.headers)
+            response = await provider_post(
+                f"{model.base_url}/embed",
+                content=content,
+                headers=self.headers(model, stream=False),
+                provider=model.provider,
+                on_error=error_from_response,
+            )
             try:
                 data = orjson.loads(response.content)
             except orjson.JSONDecodeError:

@@ -34,10 +34,18 @@ import httpx
 import orjson
 
 from ..catalog import CatalogModel
-from ..http import upstream_send
-from .base import Adapter, ChatResult, ChatStream, EmbeddingResult, ProviderError, StreamProgress, Usage
+from .base import (
+    Adapter,
+    ChatResult,
+    ChatStream,
+    EmbeddingResult,
+    ProviderError,
+    StreamProgress,
+    Usage,
+    error_from_exception,
+    provider_post,
+)
 from .embeddings import batches, estimated_usage, float_values, malformed, openai_embeddings, text_inputs
-from .openai import error_from_exception
 
 # https://ai.google.dev/gemini-api/docs/thought-signatures: a dummy signature that
 # turns the validation off, for history the model did not produce through this client.
@@ -670,12 +678,13 @@ class GeminiAdapter(Adapter):
 
     async def chat(self, model: CatalogModel, request: dict[str, Any]) -> ChatResult:
         content = self.body(model, request)
-        try:
-            response = await upstream_send(self.url(model, stream=False), content=content, headers=self.headers(model))
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, model.provider) from None
-        if response.status_code >= 400:
-            raise error_from_response(response.status_code, response.content, response.headers, model.provider)
+        response = await provider_post(
+            self.url(model, stream=False),
+            content=content,
+            headers=self.headers(model),
+            provider=model.provider,
+            on_error=error_from_response,
+        )
         try:
             data = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -702,12 +711,13 @@ class GeminiAdapter(Adapter):
                 body = {"requests": [embed_content_request(model, request, text) for text in run]}
             else:
                 url, body = f"{base}:embedContent", embed_content_request(model, request, run[0])
-            try:
-                response = await upstream_send(url, content=orjson.dumps(body), headers=self.headers(model))
-            except httpx.HTTPError as exc:
-                raise error_from_exception(exc, model.provider) from None
-            if response.status_code >= 400:
-                raise error_from_response(response.status_code, response.content, response.headers, model.provider)
+            response = await provider_post(
+                url,
+                content=orjson.dumps(body),
+                headers=self.headers(model),
+                provider=model.provider,
+                on_error=error_from_response,
+            )
             try:
                 data = orjson.loads(response.content)
             except orjson.JSONDecodeError:
@@ -729,21 +739,14 @@ class GeminiChatStream(ChatStream):
     async def open(self) -> None:
         # Translating first: a request Gemini cannot take fails before any connection.
         content = self.adapter.body(self.model, self.request)
-        try:
-            response = await upstream_send(
-                self.adapter.url(self.model, stream=True),
-                content=content,
-                headers=self.adapter.headers(self.model),
-                stream=True,
-            )
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, self.model.provider) from None
-        if response.status_code >= 400:
-            try:
-                body = await response.aread()
-            finally:
-                await response.aclose()
-            raise error_from_response(response.status_code, body, response.headers, self.model.provider)
+        response = await provider_post(
+            self.adapter.url(self.model, stream=True),
+            content=content,
+            headers=self.adapter.headers(self.model),
+            stream=True,
+            provider=self.model.provider,
+            on_error=error_from_response,
+        )
         self.response = response
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:

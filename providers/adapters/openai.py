@@ -9,8 +9,17 @@ import httpx
 import orjson
 
 from ..catalog import CatalogModel
-from ..http import upstream_send
-from .base import Adapter, ChatResult, ChatStream, EmbeddingResult, ProviderError, StreamProgress, Usage
+from .base import (
+    Adapter,
+    ChatResult,
+    ChatStream,
+    EmbeddingResult,
+    ProviderError,
+    StreamProgress,
+    Usage,
+    error_from_exception,
+    provider_post,
+)
 
 
 def usage_from_openai(raw: dict[str, Any] | None) -> Usage | None:
@@ -70,22 +79,6 @@ def error_from_response(status: int, content: bytes, headers: httpx.Headers, pro
     )
 
 
-def _is_timeout(exc: httpx.HTTPError) -> bool:
-    # httpx-aiohttp maps every aiohttp connection error, a refused connection
-    # included, to httpx.ConnectTimeout; the aiohttp error it chains tells the truth
-    # (aiohttp's timeouts are TimeoutErrors).
-    if exc.__cause__ is not None:
-        return isinstance(exc.__cause__, TimeoutError)
-    return isinstance(exc, httpx.TimeoutException)
-
-
-def error_from_exception(exc: httpx.HTTPError, provider: str) -> ProviderError:
-    if _is_timeout(exc):
-        return ProviderError(f"{provider} did not answer in time.", status=504, retryable=True, code="upstream_timeout")
-    reason = type(exc.__cause__ or exc).__name__
-    return ProviderError(f"Could not reach {provider}: {reason}.", status=502, retryable=True)
-
-
 class OpenAIAdapter(Adapter):
     def url(self, model: CatalogModel) -> str:
         return f"{model.base_url}/chat/completions"
@@ -107,14 +100,13 @@ class OpenAIAdapter(Adapter):
         return orjson.dumps(body)
 
     async def chat(self, model: CatalogModel, request: dict[str, Any]) -> ChatResult:
-        try:
-            response = await upstream_send(
-                self.url(model), content=self.body(model, request, stream=False), headers=self.headers(model)
-            )
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, model.provider) from None
-        if response.status_code >= 400:
-            raise error_from_response(response.status_code, response.content, response.headers, model.provider)
+        response = await provider_post(
+            self.url(model),
+            content=self.body(model, request, stream=False),
+            headers=self.headers(model),
+            provider=model.provider,
+            on_error=error_from_response,
+        )
         try:
             data = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -130,12 +122,13 @@ class OpenAIAdapter(Adapter):
 
     async def embed(self, model: CatalogModel, request: dict[str, Any]) -> EmbeddingResult:
         body = orjson.dumps({**request, "model": model.name})
-        try:
-            response = await upstream_send(f"{model.base_url}/embeddings", content=body, headers=self.headers(model))
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, model.provider) from None
-        if response.status_code >= 400:
-            raise error_from_response(response.status_code, response.content, response.headers, model.provider)
+        response = await provider_post(
+            f"{model.base_url}/embeddings",
+            content=body,
+            headers=self.headers(model),
+            provider=model.provider,
+            on_error=error_from_response,
+        )
         try:
             data = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -154,21 +147,14 @@ class OpenAIChatStream(ChatStream):
         self.response: httpx.Response | None = None
 
     async def open(self) -> None:
-        try:
-            response = await upstream_send(
-                self.adapter.url(self.model),
-                content=self.adapter.body(self.model, self.request, stream=True),
-                headers=self.adapter.headers(self.model),
-                stream=True,
-            )
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, self.model.provider) from None
-        if response.status_code >= 400:
-            try:
-                content = await response.aread()
-            finally:
-                await response.aclose()
-            raise error_from_response(response.status_code, content, response.headers, self.model.provider)
+        response = await provider_post(
+            self.adapter.url(self.model),
+            content=self.adapter.body(self.model, self.request, stream=True),
+            headers=self.adapter.headers(self.model),
+            stream=True,
+            provider=self.model.provider,
+            on_error=error_from_response,
+        )
         self.response = response
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:

@@ -50,8 +50,16 @@ import httpx
 import orjson
 
 from ..catalog import CatalogModel
-from ..http import upstream_send
-from .base import ChatResult, ChatStream, EmbeddingResult, ProviderError, StreamProgress, Usage
+from .base import (
+    ChatResult,
+    ChatStream,
+    EmbeddingResult,
+    ProviderError,
+    StreamProgress,
+    Usage,
+    error_from_exception,
+    provider_post,
+)
 from .embeddings import (
     estimated_usage,
     float_values,
@@ -60,7 +68,7 @@ from .embeddings import (
     text_inputs,
     unsupported_embedding_option,
 )
-from .openai import OpenAIAdapter, OpenAIChatStream, error_from_exception, error_from_response, usage_from_openai
+from .openai import OpenAIAdapter, OpenAIChatStream, error_from_response, usage_from_openai
 
 # The keys of OpenAI objects; anything else a provider adds is dropped on the way back.
 _COMPLETION_KEYS = ("id", "object", "created", "model", "system_fingerprint")
@@ -352,14 +360,13 @@ class CompatAdapter(OpenAIAdapter):
 
     async def chat(self, model: CatalogModel, request: dict[str, Any]) -> ChatResult:
         self.check(model, request)
-        try:
-            response = await upstream_send(
-                self.url(model), content=self.body(model, request, stream=False), headers=self.headers(model)
-            )
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, model.provider) from None
-        if response.status_code >= 400:
-            raise self.error(response.status_code, response.content, response.headers, model.provider)
+        response = await provider_post(
+            self.url(model),
+            content=self.body(model, request, stream=False),
+            headers=self.headers(model),
+            provider=model.provider,
+            on_error=self.error,
+        )
         try:
             data = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -395,12 +402,13 @@ class CompatAdapter(OpenAIAdapter):
     async def embed_texts(self, model: CatalogModel, request: dict[str, Any]) -> EmbeddingResult:
         texts = text_inputs(request, model.provider)
         content = orjson.dumps(self.embedding_payload(model, request, texts))
-        try:
-            response = await upstream_send(f"{model.base_url}/embeddings", content=content, headers=self.headers(model))
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, model.provider) from None
-        if response.status_code >= 400:
-            raise self.error(response.status_code, response.content, response.headers, model.provider)
+        response = await provider_post(
+            f"{model.base_url}/embeddings",
+            content=content,
+            headers=self.headers(model),
+            provider=model.provider,
+            on_error=self.error,
+        )
         try:
             data = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -428,21 +436,14 @@ class CompatChatStream(OpenAIChatStream):
 
     async def open(self) -> None:
         self.dialect.check(self.model, self.request)
-        try:
-            response = await upstream_send(
-                self.dialect.url(self.model),
-                content=self.dialect.body(self.model, self.request, stream=True),
-                headers=self.dialect.headers(self.model),
-                stream=True,
-            )
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, self.model.provider) from None
-        if response.status_code >= 400:
-            try:
-                content = await response.aread()
-            finally:
-                await response.aclose()
-            raise self.dialect.error(response.status_code, content, response.headers, self.model.provider)
+        response = await provider_post(
+            self.dialect.url(self.model),
+            content=self.dialect.body(self.model, self.request, stream=True),
+            headers=self.dialect.headers(self.model),
+            stream=True,
+            provider=self.model.provider,
+            on_error=self.dialect.error,
+        )
         self.response = response
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
