@@ -8,12 +8,14 @@ class UsageStatus(models.TextChoices):
     OK = "ok", "OK"
     ERROR = "error", "Error"
     CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
+    ESCALATED = "escalated", "Escalated (a cascade judged the answer too weak)"
 
 
 class UsageRecord(models.Model):
     """One proxied request that reached the provider stage, successful or not."""
 
-    request_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=64)
+    attempt = models.PositiveSmallIntegerField(default=1, help_text="The step of a cascade; 1 otherwise.")
     organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="+")
     api_key = models.ForeignKey("accounts.APIKey", on_delete=models.PROTECT, related_name="+")
     team = models.ForeignKey("accounts.Team", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
@@ -33,9 +35,15 @@ class UsageRecord(models.Model):
     http_status = models.PositiveSmallIntegerField()
     error_code = models.CharField(max_length=64, blank=True)
     stream = models.BooleanField(default=False)
+    route_strategy = models.CharField(max_length=16, blank=True, help_text="The router that chose the model.")
+    route_reason = models.CharField(max_length=255, blank=True)
+    prompt_features = models.JSONField(
+        null=True, blank=True, help_text="The router's hashed features of the prompt (no text), for retraining."
+    )
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:
+        constraints = [models.UniqueConstraint(fields=["request_id", "attempt"], name="usage_unique_request_attempt")]
         indexes = [
             models.Index(fields=["organization", "created_at"]),
             models.Index(fields=["api_key", "created_at"]),

@@ -17,7 +17,7 @@ import socket
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -55,6 +55,10 @@ class UsageEvent(TypedDict):
     error_code: str
     stream: bool
     created_at: float
+    attempt: NotRequired[int]
+    route_strategy: NotRequired[str]
+    route_reason: NotRequired[str]
+    prompt_features: NotRequired[list[list[float]] | None]
 
 
 def usage_write_batch(events: list[UsageEvent]) -> int:
@@ -81,6 +85,10 @@ def usage_write_batch(events: list[UsageEvent]) -> int:
             http_status=e["http_status"],
             error_code=e["error_code"],
             stream=e["stream"],
+            attempt=e.get("attempt", 1),
+            route_strategy=e.get("route_strategy", ""),
+            route_reason=e.get("route_reason", "")[:255],
+            prompt_features=e.get("prompt_features"),
             created_at=datetime.fromtimestamp(e["created_at"], tz=UTC),
         )
         for e in events

@@ -60,6 +60,7 @@ class CatalogModel:
     supports_vision: bool
     supports_json_mode: bool
     created: int
+    quality_tier: int = 2
     fallbacks: tuple[str, ...] = ()
     timeouts: CallTimeouts | None = None
 
@@ -116,6 +117,7 @@ def _load() -> Catalog:
             supports_vision=row.supports_vision,
             supports_json_mode=row.supports_json_mode,
             created=int(row.created_at.timestamp()),
+            quality_tier=row.quality_tier,
             fallbacks=tuple(row.fallbacks or ()),
             timeouts=CallTimeouts.defaults(
                 connect=provider.connect_timeout_seconds,

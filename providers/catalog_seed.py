@@ -1057,6 +1057,57 @@ MODELS: list[ModelSeed] = [
     },
 ]
 
+# Quality tiers for the routers (1 economy, 2 standard, 3 premium): a judgement
+# from each provider's own positioning of the model in its family, editable in
+# the admin. Embedding models are not routed and keep the default.
+QUALITY_TIERS: dict[str, int] = {
+    "gpt-6-astra": 3,
+    "gpt-6-sol": 2,
+    "gpt-6-luna": 1,
+    "gpt-5": 3,
+    "gpt-5-mini": 2,
+    "gpt-5-nano": 1,
+    "o3": 3,
+    "gpt-4.1": 2,
+    "gpt-4.1-mini": 1,
+    "gpt-4o": 2,
+    "gpt-4o-mini": 1,
+    "claude-fable-5-1": 3,
+    "claude-opus-5-5": 3,
+    "claude-sonnet-5-5": 2,
+    "claude-haiku-5-5": 1,
+    "claude-opus-4-8": 3,
+    "claude-sonnet-4-6": 2,
+    "claude-sonnet-4-5": 2,
+    "claude-haiku-4-5": 1,
+    "gemini-3.8-flash": 2,
+    "gemini-3.5-flash": 2,
+    "gemini-3.5-flash-lite": 1,
+    "gemini-3.1-pro-preview": 3,
+    "gemini-2.5-flash-lite": 1,
+    "gemini-2.5-pro": 3,
+    "gemini-2.5-flash": 2,
+    "mistral-medium-3.5": 2,
+    "mistral-large-2512": 3,
+    "mistral-small-2603": 1,
+    "codestral-2508": 2,
+    "ministral-8b-2512": 1,
+    "openai/gpt-oss-120b": 2,
+    "openai/gpt-oss-20b": 1,
+    "qwen/qwen3.6-27b": 1,
+    "llama-3.1-8b-instant": 1,
+    "meta-llama/llama-4-scout-17b-16e-instruct": 1,
+    "meta-llama/Llama-3.3-70B-Instruct-Turbo": 2,
+    "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo": 1,
+    "deepseek-ai/DeepSeek-V3.1": 2,
+    "deepseek-ai/DeepSeek-R1": 3,
+    "Qwen/Qwen3-235B-A22B-Instruct-2507-tput": 2,
+    "command-a-03-2025": 3,
+    "command-r-plus-08-2024": 2,
+    "command-r-08-2024": 1,
+    "command-r7b-12-2024": 1,
+}
+
 # Requested but not seeded, because the provider's API no longer serves them
 # on 2026-11-25:
 #   openai     gpt-4.1-nano, o4-mini        shut down 2026-10-23

@@ -894,31 +894,7 @@ class FakeUpstream:
             ),
             *_RATELIMIT_HEADERS,
         ]
-        stats.streams_started += 1
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-        delay = controls.chunk_delay_ms / 1000
-        if delay <= 0:
-            # One write per stream: same bytes on the wire, far fewer syscalls.
-            await send({"type": "http.response.body", "body": b"".join(events)})
-        else:
-            # uvicorn silently drops sends after a disconnect; receive() reports it.
-            watcher = asyncio.ensure_future(_wait_disconnect(receive))
-            try:
-                for index, event in enumerate(events):
-                    if index:
-                        await asyncio.sleep(delay)
-                    if watcher.done():
-                        stats.streams_aborted += 1
-                        return
-                    await send({"type": "http.response.body", "body": event, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
-            finally:
-                watcher.cancel()
-        if failing:
-            stats.streams_failed += 1
-        else:
-            stats.streams_completed += 1
+        await send_stream(send, receive, stats, headers, events, controls.chunk_delay_ms, failing=failing)
 
 
 class FakeConnectionReset(Exception):
@@ -1040,6 +1016,43 @@ def _corrupt_sse(body: bytes) -> bytes:
         if payload and payload != b"[DONE]":
             lines[index] = b"data: " + payload[: len(payload) // 2]
     return b"\n".join(lines)
+
+
+async def send_stream(
+    send: Send,
+    receive: Receive,
+    stats: Stats,
+    headers: Headers,
+    events: list[bytes],
+    chunk_delay_ms: float,
+    *,
+    failing: bool,
+) -> None:
+    """Send a 200 stream of ``events`` (any dialect) and count how it ended in ``stats``."""
+    stats.streams_started += 1
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    delay = chunk_delay_ms / 1000
+    if delay <= 0:
+        # One write per stream: same bytes on the wire, far fewer syscalls.
+        await send({"type": "http.response.body", "body": b"".join(events)})
+    else:
+        # uvicorn silently drops sends after a disconnect; receive() reports it.
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            for index, event in enumerate(events):
+                if index:
+                    await asyncio.sleep(delay)
+                if watcher.done():
+                    stats.streams_aborted += 1
+                    return
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()
+    if failing:
+        stats.streams_failed += 1
+    else:
+        stats.streams_completed += 1
 
 
 async def _wait_disconnect(receive: Receive) -> None:

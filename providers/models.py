@@ -16,6 +16,12 @@ class ModelKind(models.TextChoices):
     EMBEDDING = "embedding", "Embedding"
 
 
+class QualityTier(models.IntegerChoices):
+    ECONOMY = 1, "Economy"
+    STANDARD = 2, "Standard"
+    PREMIUM = 3, "Premium"
+
+
 class Provider(models.Model):
     slug = models.SlugField(max_length=40, unique=True)
     name = models.CharField(max_length=100)
@@ -52,6 +58,11 @@ class Model(models.Model):
     supports_tools = models.BooleanField(default=False)
     supports_vision = models.BooleanField(default=False)
     supports_json_mode = models.BooleanField(default=False)
+    quality_tier = models.PositiveSmallIntegerField(
+        choices=QualityTier.choices,
+        default=QualityTier.STANDARD,
+        help_text="How capable the model is; routers escalate from economy towards premium.",
+    )
     enabled = models.BooleanField(default=True)
     fallbacks = models.JSONField(
         default=list,

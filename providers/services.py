@@ -10,7 +10,7 @@ from accounts.models import Organization, User
 from audit.services import audit_event_record
 
 from . import crypto
-from .models import Model, Provider, ProviderCredential
+from .models import Model, Provider, ProviderCredential, QualityTier
 
 # The built-in fake provider: the fake upstream server, for development, tests
 # and benchmarks. MUXER_FAKE_BASE_URL points it elsewhere. Priced so that
@@ -40,8 +40,13 @@ FAKE_MODELS: list[dict[str, Any]] = [
         "price_source": "",
         "price_as_of": None,
     }
-    for name, price_in, price_out in (("fake-small", "0.01", "0.02"), ("fake-large", "1.00", "2.00"))
+    for name, price_in, price_out in (
+        ("fake-small", "0.01", "0.02"),
+        ("fake-medium", "0.10", "0.20"),
+        ("fake-large", "1.00", "2.00"),
+    )
 ]
+FAKE_QUALITY_TIERS = {"fake-small": 1, "fake-medium": 2, "fake-large": 3}
 
 _PROVIDER_FIELDS = ("name", "wire_format", "base_url", "api_key_env", "pricing_url")
 _MODEL_FIELDS = (
@@ -72,11 +77,19 @@ def catalog_sync(*, providers: Iterable[Mapping[str, Any]], models: Iterable[Map
     count = 0
     for seed in models:
         provider = by_slug.get(seed["provider"]) or Provider.objects.get(slug=seed["provider"])
+        tier = seed.get("quality_tier") or quality_tier_default(seed["name"])
         Model.objects.update_or_create(
-            name=seed["name"], defaults={"provider": provider, **{f: seed.get(f) for f in _MODEL_FIELDS}}
+            name=seed["name"],
+            defaults={"provider": provider, "quality_tier": tier, **{f: seed.get(f) for f in _MODEL_FIELDS}},
         )
         count += 1
     return count
+
+
+def quality_tier_default(name: str) -> int:
+    from .catalog_seed import QUALITY_TIERS
+
+    return QUALITY_TIERS.get(name) or FAKE_QUALITY_TIERS.get(name) or QualityTier.STANDARD
 
 
 def catalog_sync_defaults() -> int:

@@ -55,8 +55,8 @@ from providers.fake_upstream import (
     _random_id,
     _read_body,
     _send_json,
-    _wait_disconnect,
     register_dialect,
+    send_stream,
 )
 
 PREFIX = "/anthropic/v1"
@@ -619,30 +619,8 @@ async def _stream(app: FakeUpstream, plan: MessagePlan, receive: Receive, send: 
     if failing:
         events = events[: controls.fail_after_chunks]
         events.append(sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
-    stats.streams_started += 1
     headers = [*_SSE, (b"request-id", request_id.encode()), *_RATELIMIT_HEADERS]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    delay = controls.chunk_delay_ms / 1000
-    if delay <= 0:
-        await send({"type": "http.response.body", "body": b"".join(events)})
-    else:
-        # uvicorn silently drops sends after a disconnect; receive() reports it.
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            for index, event in enumerate(events):
-                if index:
-                    await asyncio.sleep(delay)
-                if watcher.done():
-                    stats.streams_aborted += 1
-                    return
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            watcher.cancel()
-    if failing:
-        stats.streams_failed += 1
-    else:
-        stats.streams_completed += 1
+    await send_stream(send, receive, stats, headers, events, controls.chunk_delay_ms, failing=failing)
 
 
 def register() -> None:

@@ -61,8 +61,8 @@ from providers.fake_upstream import (
     _random_id,
     _read_body,
     _send_json,
-    _wait_disconnect,
     register_dialect,
+    send_stream,
 )
 from providers.fake_wire.embeddings import DEFAULT_DIMENSIONS, vector
 
@@ -659,30 +659,7 @@ async def _stream(app: FakeUpstream, plan: CoherePlan, receive: Receive, send: S
         events = events[: controls.fail_after_chunks]
         end = {"finish_reason": "ERROR", "error": _MIDSTREAM_ERROR}
         events.append(_event({"type": "message-end", "delta": end}))
-    stats.streams_started += 1
-    await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-
-    delay = controls.chunk_delay_ms / 1000
-    if delay <= 0:
-        await send({"type": "http.response.body", "body": b"".join(events)})
-    else:
-        # uvicorn silently drops sends after a disconnect; receive() reports it.
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            for index, event in enumerate(events):
-                if index:
-                    await asyncio.sleep(delay)
-                if watcher.done():
-                    stats.streams_aborted += 1
-                    return
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            watcher.cancel()
-    if failing:
-        stats.streams_failed += 1
-    else:
-        stats.streams_completed += 1
+    await send_stream(send, receive, stats, _SSE_HEADERS, events, controls.chunk_delay_ms, failing=failing)
 
 
 def register() -> None:

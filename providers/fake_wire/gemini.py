@@ -69,8 +69,8 @@ from providers.fake_upstream import (
     _random_id,
     _read_body,
     _send_json,
-    _wait_disconnect,
     register_dialect,
+    send_stream,
 )
 from providers.fake_wire.embeddings import DEFAULT_DIMENSIONS, vector
 
@@ -810,28 +810,7 @@ async def _stream(app: FakeUpstream, plan: GeminiPlan, receive: Receive, send: S
         events = [(b"[" if i == 0 else b",\r\n") + orjson.dumps(r) for i, r in enumerate(responses)]
         events.append(b"]")
         headers = _JSON_HEADERS
-    stats.streams_started += 1
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    delay = controls.chunk_delay_ms / 1000
-    if delay <= 0:
-        await send({"type": "http.response.body", "body": b"".join(events)})
-    else:
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            for index, event in enumerate(events):
-                if index:
-                    await asyncio.sleep(delay)
-                if watcher.done():
-                    stats.streams_aborted += 1
-                    return
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            watcher.cancel()
-    if failing:
-        stats.streams_failed += 1
-    else:
-        stats.streams_completed += 1
+    await send_stream(send, receive, stats, headers, events, controls.chunk_delay_ms, failing=failing)
 
 
 def register() -> None:

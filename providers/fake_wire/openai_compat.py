@@ -82,8 +82,8 @@ from providers.fake_upstream import (
     _random_id,
     _read_body,
     _send_json,
-    _wait_disconnect,
     register_dialect,
+    send_stream,
 )
 from providers.fake_wire.embeddings import DEFAULT_DIMENSIONS, vector
 
@@ -305,29 +305,9 @@ class Dialect:
             events = self.failed_events(plan, controls.fail_after_chunks)
         else:
             events = self.stream_events(plan)
-        stats.streams_started += 1
-        await send({"type": "http.response.start", "status": 200, "headers": [*_SSE, *self.ratelimit_headers]})
-        delay = controls.chunk_delay_ms / 1000
-        if delay <= 0:
-            await send({"type": "http.response.body", "body": b"".join(events)})
-        else:
-            # As on the OpenAI route: a disconnect only shows through receive().
-            watcher = asyncio.ensure_future(_wait_disconnect(receive))
-            try:
-                for index, event in enumerate(events):
-                    if index:
-                        await asyncio.sleep(delay)
-                    if watcher.done():
-                        stats.streams_aborted += 1
-                        return
-                    await send({"type": "http.response.body", "body": event, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
-            finally:
-                watcher.cancel()
-        if failing:
-            stats.streams_failed += 1
-        else:
-            stats.streams_completed += 1
+        await send_stream(
+            send, receive, stats, [*_SSE, *self.ratelimit_headers], events, controls.chunk_delay_ms, failing=failing
+        )
 
 
 # --- Mistral ---------------------------------------------------------------------
