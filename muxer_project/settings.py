@@ -221,6 +221,21 @@ MUXER_BREAKER_WINDOW_SECONDS = env.float("MUXER_BREAKER_WINDOW_SECONDS", default
 MUXER_BREAKER_COOLDOWN_SECONDS = env.float("MUXER_BREAKER_COOLDOWN_SECONDS", default=30.0)
 MUXER_UPSTREAM_MAX_CONNECTIONS = env.int("MUXER_UPSTREAM_MAX_CONNECTIONS", default=512)
 MUXER_REDIS_MAX_CONNECTIONS = env.int("MUXER_REDIS_MAX_CONNECTIONS", default=64)
+# --- Routing (routing/strategies) ---
+# A routed request's score (0 easy .. 1 hard) picks a quality tier: below the
+# first threshold economy, below the second standard, else premium.
+MUXER_ROUTER_HEURISTIC_THRESHOLDS = tuple(env.list("MUXER_ROUTER_HEURISTIC_THRESHOLDS", cast=float, default=[0.3, 0.6]))
+MUXER_ROUTER_SEMANTIC_THRESHOLDS = tuple(env.list("MUXER_ROUTER_SEMANTIC_THRESHOLDS", cast=float, default=[0.3, 0.5]))
+# Hybrid: weights of the heuristic and semantic scores, and the uncertain band
+# of the combined score that is settled by a cascade rather than a guess.
+MUXER_ROUTER_HYBRID_WEIGHTS = tuple(env.list("MUXER_ROUTER_HYBRID_WEIGHTS", cast=float, default=[0.3, 0.7]))
+MUXER_ROUTER_HYBRID_BAND = tuple(env.list("MUXER_ROUTER_HYBRID_BAND", cast=float, default=[0.3, 0.5]))
+# Cascade: an answer scoring below this (0..1) is escalated to the next tier.
+MUXER_CASCADE_ACCEPT_SCORE = env.float("MUXER_CASCADE_ACCEPT_SCORE", default=0.6)
+# Output tokens assumed for a cost estimate when the request sets no max_tokens,
+# and the fewest a cost cap must leave room for.
+MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS = env.int("MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS", default=512)
+MUXER_ROUTER_MIN_OUTPUT_TOKENS = env.int("MUXER_ROUTER_MIN_OUTPUT_TOKENS", default=64)
 # Redis stream that carries usage events from the proxy to the usage writer.
 MUXER_USAGE_STREAM = env.str("MUXER_USAGE_STREAM", default="muxer:usage")
 

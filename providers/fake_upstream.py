@@ -36,6 +36,12 @@ over a header, a header wins over the ``--latency-ms`` default.
 - ``retry_after=S`` / ``x-fake-retry-after``: with ``status``, send
   ``retry-after: S``.
 - ``words=N`` / ``x-fake-words``: reply with exactly N lorem-ipsum words.
+- ``refuse=1`` / ``x-fake-refuse``: reply with a refusal (``REFUSAL``), the
+  weak answer a cascade router must catch; scope it with ``model=NAME``.
+
+In JSON mode (``response_format`` of type ``json_object`` or ``json_schema``)
+the reply is the JSON object ``{"reply": "<the usual reply>"}``, as a real
+model's would be valid JSON; a refusal stays plain text.
 
 Response faults
 ---------------
@@ -102,10 +108,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
-FAKE_MODELS: tuple[str, ...] = ("fake-small", "fake-large")
+FAKE_MODELS: tuple[str, ...] = ("fake-small", "fake-medium", "fake-large")
 MODELS_CREATED = 1700000000
 SYSTEM_FINGERPRINT = "fp_fake000001"
 REPLY_PREFIX = "Fake reply to: "
+REFUSAL = "I'm sorry, but I can't help with that."
 SNIPPET_CHARS = 40
 TOOL_ARGUMENTS = '{"city": "Paris"}'
 # Small argument fragments so gateways exercise their tool-call delta accumulation.
@@ -128,6 +135,7 @@ _HEADER_KEYS: dict[bytes, str] = {
     b"x-fake-fail-after-chunks": "fail_after_chunks",
     b"x-fake-retry-after": "retry_after",
     b"x-fake-words": "words",
+    b"x-fake-refuse": "refuse",
     b"x-fake-first-byte-delay-ms": "first_byte_delay_ms",
     b"x-fake-reset-after-bytes": "reset_after_bytes",
     b"x-fake-malformed-json": "malformed_json",
@@ -194,6 +202,7 @@ class Controls:
         "first_byte_delay_ms",
         "latency_ms",
         "malformed_json",
+        "refuse",
         "reset_after_bytes",
         "retry_after",
         "status",
@@ -208,6 +217,7 @@ class Controls:
         self.fail_after_chunks: int | None = None
         self.retry_after: str | None = None
         self.words: int | None = None
+        self.refuse: bool = False
         self.first_byte_delay_ms: float = 0.0
         self.reset_after_bytes: int | None = None
         self.malformed_json: bool = False
@@ -222,6 +232,7 @@ class Controls:
         other.fail_after_chunks = self.fail_after_chunks
         other.retry_after = self.retry_after
         other.words = self.words
+        other.refuse = self.refuse
         other.first_byte_delay_ms = self.first_byte_delay_ms
         other.reset_after_bytes = self.reset_after_bytes
         other.malformed_json = self.malformed_json
@@ -258,6 +269,8 @@ class Controls:
                 self.retry_after = raw
             elif key == "words":
                 self.words = _parse_count(raw)
+            elif key == "refuse":
+                self.refuse = _parse_flag(raw)
             elif key == "first_byte_delay_ms":
                 self.first_byte_delay_ms = _parse_ms(raw)
                 self._fault_changed()
@@ -437,6 +450,11 @@ def _message_text(content: Any, index: int) -> str:
             if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
         )
     raise BadRequestError(f"Invalid type for 'messages[{index}].content'.", f"messages.[{index}].content")
+
+
+def _json_mode(data: dict[str, Any]) -> bool:
+    response_format = data.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema")
 
 
 def _max_words(data: dict[str, Any]) -> int | None:
@@ -832,10 +850,14 @@ class FakeUpstream:
         words: tuple[str, ...] | list[str]
         if tool is not None:
             words = ()
+        elif controls.refuse:
+            words = REFUSAL.split()
         elif controls.words is not None:
             words = _lorem(controls.words)
         else:
             words = (REPLY_PREFIX + last_user_text.strip()[:SNIPPET_CHARS]).split()
+        if words and not controls.refuse and _json_mode(data):
+            words = orjson.dumps({"reply": " ".join(words)}).decode().split(" ")
         finish_reason = "tool_calls" if tool is not None else "stop"
         if limit is not None and len(words) > limit:
             words = words[:limit]

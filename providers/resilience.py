@@ -113,6 +113,13 @@ class CircuitBreaker:
         return True
 
     # --- decisions -----------------------------------------------------------
+    def known_unavailable(self, model: CatalogModel) -> bool:
+        """What this process last saw: the model's circuit is open and cooling down. No I/O, for routers."""
+        hit = self._cache.get(breaker_key(model))
+        if hit is None or hit[1].state == CLOSED:
+            return False
+        return time.time() - hit[1].opened_at < settings.MUXER_BREAKER_COOLDOWN_SECONDS
+
     async def allow(self, model: CatalogModel) -> bool:
         key = breaker_key(model)
         state = await self._load(key)
@@ -177,6 +184,29 @@ class CircuitBreaker:
         self._memory.clear()
         self._memory_probes.clear()
         self._windows.clear()
+
+
+class LatencyTracker:
+    """Each model's recent time to a complete answer in this process (exponentially weighted), for the speed
+    preference."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = weight
+        self._seen: dict[str, float] = {}
+
+    def record(self, model: CatalogModel, milliseconds: float) -> None:
+        key = breaker_key(model)
+        before = self._seen.get(key)
+        self._seen[key] = milliseconds if before is None else before + self.weight * (milliseconds - before)
+
+    def get(self, model: CatalogModel) -> float | None:
+        return self._seen.get(breaker_key(model))
+
+    def forget(self) -> None:
+        self._seen.clear()
+
+
+latency = LatencyTracker()
 
 
 def describe(state: BreakerState, now: float | None = None) -> str:

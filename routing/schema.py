@@ -8,6 +8,7 @@ Each failure names the offending parameter, as OpenAI's API does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -60,9 +61,27 @@ CHECKED = frozenset(
         "stream_options",
         "presence_penalty",
         "frequency_penalty",
+        "muxer",
     }
 )
 KNOWN = PASSTHROUGH | CHECKED
+
+STRATEGIES = ("heuristic", "semantic", "cascade", "hybrid")
+# `model` values that ask the gateway to choose: the org's default strategy, or one by name.
+STRATEGY_ALIASES = {f"muxer/{name}": name for name in STRATEGIES}
+QUALITY_TIER_NAMES = {"economy": 1, "standard": 2, "premium": 3}
+MUXER_OPTIONS = frozenset({"strategy", "max_cost_usd", "quality_floor"})
+# A cap above this is a typo, not a budget.
+MAX_COST_CAP_USD = Decimal(10_000)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingOptions:
+    """What the client asked of the router: in the ``muxer`` body field, headers or the model alias."""
+
+    strategy: str | None = None
+    max_cost_usd: Decimal | None = None
+    quality_floor: int | None = None
 
 
 @dataclass(slots=True)
@@ -75,6 +94,12 @@ class ChatRequest:
     has_images: bool
     has_tools: bool
     wants_json: bool
+    options: RoutingOptions = RoutingOptions()
+
+    @property
+    def routed(self) -> bool:
+        """Whether the gateway picks the model (``auto`` or a strategy alias) rather than the client."""
+        return self.model == "auto" or self.model in STRATEGY_ALIASES
 
 
 def _one_of(value: Any, allowed: frozenset[str]) -> bool:
@@ -263,6 +288,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
                 "'stream_options.include_usage' must be a boolean.", param="stream_options.include_usage"
             )
 
+    options = parse_routing_options(payload.pop("muxer", None), param="muxer")
     return ChatRequest(
         payload=payload,
         model=model,
@@ -272,6 +298,60 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         has_images=has_images,
         has_tools=_check_tools(payload),
         wants_json=_check_response_format(payload),
+        options=options,
+    )
+
+
+def parse_strategy(value: Any, *, param: str) -> str:
+    if not _one_of(value, frozenset(STRATEGIES)):
+        raise invalid_request(f"'{param}' must be one of {', '.join(STRATEGIES)}; got {value!r}.", param=param)
+    return str(value)
+
+
+def parse_max_cost(value: Any, *, param: str) -> Decimal:
+    """A cost cap in USD, from a JSON number or a header's text. Floats become Decimal through their text."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise invalid_request(f"'{param}' must be a number of US dollars.", param=param)
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise invalid_request(f"'{param}' must be a number of US dollars; got {value!r}.", param=param) from None
+    if not amount.is_finite() or amount <= 0 or amount > MAX_COST_CAP_USD:
+        raise invalid_request(
+            f"'{param}' must be more than 0 and at most {MAX_COST_CAP_USD} US dollars; got {value!r}.", param=param
+        )
+    return amount
+
+
+def parse_quality_floor(value: Any, *, param: str) -> int:
+    if _is_int(value) and 1 <= value <= 3:
+        return int(value)
+    if isinstance(value, str) and value in QUALITY_TIER_NAMES:
+        return QUALITY_TIER_NAMES[value]
+    raise invalid_request(
+        f"'{param}' must be a quality tier: economy, standard or premium (or 1 to 3); got {value!r}.", param=param
+    )
+
+
+def parse_routing_options(raw: Any, *, param: str) -> RoutingOptions:
+    """The ``muxer`` body field, which SDKs send through ``extra_body``; removed before the provider sees the body."""
+    if raw is None:
+        return RoutingOptions()
+    if not isinstance(raw, dict):
+        raise invalid_request(f"'{param}' must be an object.", param=param)
+    unknown = raw.keys() - MUXER_OPTIONS
+    if unknown:
+        name = sorted(unknown)[0]
+        raise invalid_request(
+            f"Unrecognized field '{param}.{name}'; use {', '.join(sorted(MUXER_OPTIONS))}.", param=f"{param}.{name}"
+        )
+    strategy = raw.get("strategy")
+    max_cost = raw.get("max_cost_usd")
+    floor = raw.get("quality_floor")
+    return RoutingOptions(
+        strategy=None if strategy is None else parse_strategy(strategy, param=f"{param}.strategy"),
+        max_cost_usd=None if max_cost is None else parse_max_cost(max_cost, param=f"{param}.max_cost_usd"),
+        quality_floor=None if floor is None else parse_quality_floor(floor, param=f"{param}.quality_floor"),
     )
 
 

@@ -1,111 +1,178 @@
 """Choosing the model for a request.
 
-An explicit model name goes straight to that model. ``auto`` takes the
-cheapest enabled, configured chat model the key may use that can serve the
-request; the routing engine replaces this with its strategies.
+An explicit model name goes straight to that model, checked against the key's
+policy and the request's needs. ``auto`` and the ``muxer/<strategy>`` aliases
+go to a router (routing/strategies), which picks the model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from decimal import Decimal
 
 from accounts.auth import KeyIdentity
 from billing.tokens import estimate_prompt_tokens
 from muxer_project.errors import APIError, invalid_request, model_not_found, permission_denied
-from providers.adapters import adapter_for
 from providers.catalog import Catalog, CatalogModel
 from providers.models import ModelKind
+from providers.resilience import breaker, latency
 
-from .schema import ChatRequest
+from .schema import STRATEGY_ALIASES, ChatRequest, RoutingOptions
+from .strategies import RoutingContext, decide
+from .strategies.base import (
+    PromptScorer,
+    RouteDecision,
+    model_cost,
+    output_bound,
+    permitted,
+    servable,
+    unfit_reason,
+)
 
 AUTO = "auto"
+DEFAULT_STRATEGY = "hybrid"
+# Only so much of a very long prompt is scored; the rest adds time, not signal.
+MAX_SCORED_CHARS = 12_000
+
+__all__ = ["AUTO", "RouteDecision", "select_embedding_model", "select_model", "select_route", "servable"]
 
 
-def servable(model: CatalogModel) -> bool:
-    """Whether the gateway can call this model: its provider has credentials and an adapter."""
-    return model.configured and adapter_for(model) is not None
+def prompt_text(request: ChatRequest) -> str:
+    """The text a router reads: the last user turn (its text parts), ending at most MAX_SCORED_CHARS long."""
+    for message in reversed(request.payload["messages"]):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content[-MAX_SCORED_CHARS:]
+        if isinstance(content, list):
+            parts = [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+            return "\n".join(parts)[-MAX_SCORED_CHARS:]
+    return ""
 
 
-def _unfit_reason(model: CatalogModel, request: ChatRequest, prompt_tokens: int) -> tuple[str, str] | None:
-    """Why ``model`` cannot serve ``request``, as (param, message), or None if it can."""
-    if request.stream and not model.supports_streaming:
-        return "stream", f"The model '{model.name}' does not support streaming."
-    if request.has_tools and not model.supports_tools:
-        return "tools", f"The model '{model.name}' does not support tools."
-    if request.has_images and not model.supports_vision:
-        return "messages", f"The model '{model.name}' does not accept images."
-    if request.wants_json and not model.supports_json_mode:
-        return "response_format", f"The model '{model.name}' does not support JSON output."
-    if request.max_output_tokens is not None and request.max_output_tokens > model.max_output_tokens:
-        name = "max_completion_tokens" if "max_completion_tokens" in request.payload else "max_tokens"
-        return name, (
-            f"'{name}' is {request.max_output_tokens}, but the model '{model.name}' "
-            f"writes at most {model.max_output_tokens} tokens."
-        )
-    if prompt_tokens + (request.max_output_tokens or 0) > model.context_window:
-        return "messages", (
-            f"The request needs about {prompt_tokens + (request.max_output_tokens or 0)} tokens, but the "
-            f"model '{model.name}' has a context window of {model.context_window}."
-        )
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class RouteDecision:
-    """The model to call first, the ones to fall back to in order, and why."""
-
-    model: CatalogModel
-    reason: str
-    fallbacks: tuple[CatalogModel, ...] = ()
-
-    @property
-    def chain(self) -> tuple[CatalogModel, ...]:
-        return (self.model, *self.fallbacks)
-
-
-# For `auto`, how many next-cheapest capable models (on other providers) back up the first.
-AUTO_FALLBACKS = 2
+def routing_context(
+    *,
+    catalog: Catalog,
+    identity: KeyIdentity,
+    request: ChatRequest,
+    semantic: PromptScorer,
+    options: RoutingOptions,
+) -> RoutingContext:
+    """What a router decides from. The strategy comes from the model alias, else the request's options, else the
+    key's (or its organization's) policy; a cost cap from both the body and the header takes the lower."""
+    strategy = (
+        STRATEGY_ALIASES.get(request.model)
+        or request.options.strategy
+        or options.strategy
+        or identity.strategy
+        or DEFAULT_STRATEGY
+    )
+    caps = [c for c in (request.options.max_cost_usd, options.max_cost_usd) if c is not None]
+    return RoutingContext(
+        catalog=catalog,
+        identity=identity,
+        request=request,
+        strategy=strategy,
+        preference=identity.preference or "cost",
+        prompt_tokens=estimate_prompt_tokens(request.payload["messages"]),
+        prompt_text=prompt_text(request),
+        semantic=semantic,
+        max_cost_usd=min(caps) if caps else None,
+        quality_floor=request.options.quality_floor or options.quality_floor or 1,
+        healthy=lambda model: not breaker.known_unavailable(model),
+        latency_ms=latency.get,
+    )
 
 
 def select_route(
-    *, catalog: Catalog, identity: KeyIdentity, request: ChatRequest, requested_fallbacks: tuple[str, ...] = ()
+    *,
+    catalog: Catalog,
+    identity: KeyIdentity,
+    request: ChatRequest,
+    semantic: PromptScorer | None = None,
+    options: RoutingOptions | None = None,
+    requested_fallbacks: tuple[str, ...] = (),
 ) -> RouteDecision:
-    """Pick the model, then the fallbacks: those the request names, else the catalog's, else (for
-    ``auto``) the next cheapest capable models on other providers. Fallbacks the key may not use or
-    that cannot serve the request are skipped, not errors."""
-    prompt_tokens = estimate_prompt_tokens(request.payload["messages"])
-    model = select_model(catalog=catalog, identity=identity, request=request)
+    """A routed request (``auto`` or a ``muxer/<strategy>`` alias) goes to its router; an explicit model goes
+    where it names, backed by the fallbacks the request names, else the catalog's."""
+    options = options or RoutingOptions()
+    if request.routed:
+        if semantic is None:
+            from .semantic import default_semantic_model
 
-    def usable(candidate: CatalogModel | None) -> bool:
-        return (
+            semantic = default_semantic_model()
+        ctx = routing_context(catalog=catalog, identity=identity, request=request, semantic=semantic, options=options)
+        decision = decide(ctx)
+        if requested_fallbacks:
+            named = _named_fallbacks(catalog, identity, request, decision.model, requested_fallbacks)
+            decision = replace(decision, fallbacks=named)
+        return decision
+    return _explicit_route(catalog, identity, request, options, requested_fallbacks)
+
+
+def _explicit_route(
+    catalog: Catalog,
+    identity: KeyIdentity,
+    request: ChatRequest,
+    options: RoutingOptions,
+    requested_fallbacks: tuple[str, ...],
+) -> RouteDecision:
+    model = select_model(catalog=catalog, identity=identity, request=request)
+    caps = [c for c in (request.options.max_cost_usd, options.max_cost_usd) if c is not None]
+    ctx = routing_context(catalog=catalog, identity=identity, request=request, semantic=_NO_SCORER, options=options)
+    bound = None
+    if caps:
+        bound = output_bound(model, ctx)
+        if bound is None:
+            raise APIError(
+                400,
+                f"The model '{model.name}' cannot answer this request within the cost cap of ${min(caps):f}.",
+                code="cost_cap_exceeded",
+                param="model",
+            )
+        ctx.output_bounds[model.name] = bound
+    fallbacks = _named_fallbacks(catalog, identity, request, model, requested_fallbacks or model.fallbacks)
+    if caps:
+        fallbacks = tuple(f for f in fallbacks if output_bound(f, ctx) is not None)
+    return RouteDecision(
+        model=model,
+        reason="explicit",
+        estimated_cost_usd=model_cost(model, ctx),
+        fallbacks=fallbacks,
+        max_output_tokens=bound if caps else None,
+        max_cost_usd=min(caps) if caps else None,
+    )
+
+
+class _NoScorer:
+    def score(self, text: str) -> float:
+        return 0.0
+
+
+_NO_SCORER = _NoScorer()
+
+
+def _named_fallbacks(
+    catalog: Catalog, identity: KeyIdentity, request: ChatRequest, model: CatalogModel, names: tuple[str, ...]
+) -> tuple[CatalogModel, ...]:
+    """The named fallbacks that can serve the request; those the key may not use or that cannot serve it are
+    skipped, not errors."""
+    prompt_tokens = estimate_prompt_tokens(request.payload["messages"])
+    fallbacks: list[CatalogModel] = []
+    for name in names:
+        candidate = catalog.get(name)
+        if (
             candidate is not None
             and candidate.name != model.name
             and candidate.kind == ModelKind.CHAT
             and servable(candidate)
-            and identity.may_use(candidate.name)
-            and _unfit_reason(candidate, request, prompt_tokens) is None
-        )
-
-    names = requested_fallbacks or model.fallbacks
-    fallbacks: list[CatalogModel] = []
-    for name in names:
-        candidate = catalog.get(name)
-        if usable(candidate) and candidate not in fallbacks:
-            assert candidate is not None
+            and permitted(candidate, identity)
+            and unfit_reason(candidate, request, prompt_tokens) is None
+            and candidate not in fallbacks
+        ):
             fallbacks.append(candidate)
-    if not names and request.model == AUTO:
-        others = sorted(
-            (m for m in catalog.chat_models() if m.provider != model.provider and usable(m)),
-            key=_price_key,
-        )
-        for candidate in others:
-            if all(candidate.provider != f.provider for f in fallbacks):
-                fallbacks.append(candidate)
-            if len(fallbacks) == AUTO_FALLBACKS:
-                break
-    reason = "auto:cheapest-capable" if request.model == AUTO else "explicit"
-    return RouteDecision(model=model, reason=reason, fallbacks=tuple(fallbacks))
+    return tuple(fallbacks)
 
 
 def _price_key(model: CatalogModel) -> tuple[Decimal, str]:
@@ -113,12 +180,13 @@ def _price_key(model: CatalogModel) -> tuple[Decimal, str]:
 
 
 def select_model(*, catalog: Catalog, identity: KeyIdentity, request: ChatRequest) -> CatalogModel:
+    """The model an explicit request names, checked; for ``auto`` without a router, the cheapest that can serve."""
     prompt_tokens = estimate_prompt_tokens(request.payload["messages"])
-    if request.model == AUTO:
+    if request.routed:
         candidates = [
             m
             for m in catalog.chat_models()
-            if servable(m) and identity.may_use(m.name) and _unfit_reason(m, request, prompt_tokens) is None
+            if servable(m) and permitted(m, identity) and unfit_reason(m, request, prompt_tokens) is None
         ]
         if not candidates:
             raise APIError(
@@ -132,7 +200,7 @@ def select_model(*, catalog: Catalog, identity: KeyIdentity, request: ChatReques
     model = catalog.get(request.model)
     if model is None or model.kind != ModelKind.CHAT:
         raise model_not_found(request.model)
-    if not identity.may_use(model.name):
+    if not permitted(model, identity):
         raise permission_denied(f"This API key may not use the model '{model.name}'.")
     if not servable(model):
         raise APIError(
@@ -141,7 +209,7 @@ def select_model(*, catalog: Catalog, identity: KeyIdentity, request: ChatReques
             code="model_not_available",
             param="model",
         )
-    unfit = _unfit_reason(model, request, prompt_tokens)
+    unfit = unfit_reason(model, request, prompt_tokens)
     if unfit is not None:
         raise invalid_request(unfit[1], param=unfit[0])
     return model
@@ -153,7 +221,7 @@ def select_embedding_model(*, catalog: Catalog, identity: KeyIdentity, name: str
         raise model_not_found(name)
     if model.kind != ModelKind.EMBEDDING:
         raise invalid_request(f"The model '{name}' is a chat model; use an embedding model.", param="model")
-    if not identity.may_use(model.name):
+    if not permitted(model, identity):
         raise permission_denied(f"This API key may not use the model '{model.name}'.")
     if not servable(model):
         raise APIError(

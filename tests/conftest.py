@@ -27,7 +27,7 @@ from accounts.models import Organization, Role, User
 from muxer_project.redis import sync_redis
 from providers.catalog import forget_catalog
 from providers.credentials import forget_organization_keys
-from providers.resilience import breaker
+from providers.resilience import breaker, latency
 from providers.services import catalog_sync_defaults
 
 from .factories import MembershipFactory, OrganizationFactory, UserFactory, issue_key
@@ -67,6 +67,7 @@ def _forget_process_state() -> None:
     forget_catalog()
     forget_organization_keys()
     breaker.forget()
+    latency.forget()
     if settings.REDIS_URL:
         client = sync_redis()
         stale = [*client.scan_iter(match="muxer:cb*", count=1000)]
