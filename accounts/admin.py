@@ -1,10 +1,14 @@
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.http import HttpRequest
 
+from . import selectors, services
 from .models import APIKey, Membership, Organization, Team, User
+
+POLICY_FIELDS = ("allowed_models", "allowed_providers", "routing_strategy", "routing_preference")
 
 
 @admin.register(User)
@@ -20,6 +24,41 @@ class UserAdmin(BaseUserAdmin):
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
 
 
+def clean_routing_policy(form: forms.ModelForm[Any], within: Organization | None) -> None:
+    """The API's checks for the policy's lists: JSON lists of names that exist (and, for a key, narrow its org's)."""
+    lists: dict[str, list[str] | None] = {}
+    for field in ("allowed_models", "allowed_providers"):
+        value = form.cleaned_data.get(field)
+        if field not in form.fields or field not in form.cleaned_data:
+            lists[field] = None
+        elif not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            form.add_error(field, 'Enter a JSON list of names, like ["a", "b"], or [] for no limit.')
+            lists[field] = None
+        else:
+            lists[field] = value
+    for field, messages in selectors.routing_policy_problems(**lists, within=within).items():
+        form.add_error(field, messages)
+
+
+def policy_changes(form: forms.ModelForm[Any]) -> dict[str, Any]:
+    return {field: form.cleaned_data[field] for field in POLICY_FIELDS if field in form.changed_data}
+
+
+def acting_user(request: HttpRequest) -> User | None:
+    return request.user if isinstance(request.user, User) else None
+
+
+class OrganizationAdminForm(forms.ModelForm[Organization]):
+    class Meta:
+        model = Organization
+        fields = ("name", "slug", *POLICY_FIELDS)
+
+    def clean(self) -> dict[str, Any] | None:
+        cleaned = super().clean()
+        clean_routing_policy(self, within=None)
+        return cleaned
+
+
 class MembershipInline(admin.TabularInline[Membership, Organization]):
     model = Membership
     extra = 0
@@ -28,9 +67,24 @@ class MembershipInline(admin.TabularInline[Membership, Organization]):
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin[Organization]):
-    list_display = ["name", "slug", "created_at"]
+    form = OrganizationAdminForm
+    list_display = ["name", "slug", "routing_strategy", "routing_preference", "created_at"]
+    list_filter = ["routing_strategy", "routing_preference"]
     search_fields = ["name", "slug"]
+    fieldsets = ((None, {"fields": ("name", "slug")}), ("Routing policy", {"fields": POLICY_FIELDS}))
     inlines = [MembershipInline]
+
+    def save_model(self, request: HttpRequest, obj: Organization, form: Any, change: bool) -> None:
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        # The policy goes through its service, which audits it; the rest is a plain save.
+        plain = [field for field in form.changed_data if field not in POLICY_FIELDS]
+        if plain:
+            obj.save(update_fields=plain)
+        changes = policy_changes(form)
+        if changes:
+            services.organization_routing_policy_update(organization=obj, actor=acting_user(request), **changes)
 
 
 @admin.register(Team)
@@ -39,14 +93,29 @@ class TeamAdmin(admin.ModelAdmin[Team]):
     search_fields = ["name", "organization__slug"]
 
 
+class APIKeyAdminForm(forms.ModelForm[APIKey]):
+    class Meta:
+        model = APIKey
+        fields = POLICY_FIELDS
+
+    def clean(self) -> dict[str, Any] | None:
+        cleaned = super().clean()
+        clean_routing_policy(self, within=self.instance.organization)
+        return cleaned
+
+
 @admin.register(APIKey)
 class APIKeyAdmin(admin.ModelAdmin[APIKey]):
-    """Keys are issued and revoked through services (which audit them), not edited here."""
+    """Keys are issued and revoked through services (which audit them); only the routing policy is edited here."""
 
-    list_display = ["name", "prefix", "organization", "team", "created_at", "last_used_at", "expires_at", "revoked_at"]
-    list_filter = ["revoked_at"]
+    form = APIKeyAdminForm
+    list_display = [
+        "name", "prefix", "organization", "team", "routing_strategy", "routing_preference",
+        "created_at", "last_used_at", "expires_at", "revoked_at",
+    ]  # fmt: skip
+    list_filter = ["revoked_at", "routing_strategy", "routing_preference"]
     search_fields = ["name", "prefix", "organization__slug"]
-    readonly_fields = [f.name for f in APIKey._meta.fields if f.name != "digest"]
+    readonly_fields = [f.name for f in APIKey._meta.fields if f.name not in {"digest", *POLICY_FIELDS}]
     exclude = ["digest"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -54,3 +123,8 @@ class APIKeyAdmin(admin.ModelAdmin[APIKey]):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def save_model(self, request: HttpRequest, obj: APIKey, form: Any, change: bool) -> None:
+        changes = policy_changes(form)
+        if changes:
+            services.api_key_routing_policy_update(api_key=obj, actor=acting_user(request), **changes)

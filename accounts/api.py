@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.utils import timezone
@@ -15,11 +16,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from muxer_project.errors import APIError
-from providers.models import Model
 
 from . import selectors, services
 from .auth import KeyIdentity, authenticate_sync
-from .models import APIKey, Membership, Organization, Role, Team, User
+from .models import APIKey, Membership, Organization, Role, RoutingPreference, RoutingStrategy, Team, User
 
 MANAGER_ROLES = frozenset({Role.OWNER, Role.ADMIN})
 
@@ -77,10 +77,19 @@ class OrganizationScopedView(APIView):
         self.organization = membership.organization
 
 
+POLICY_FIELDS = ["allowed_models", "allowed_providers", "routing_strategy", "routing_preference"]
+
+
 class OrganizationSerializer(serializers.ModelSerializer[Organization]):
     class Meta:
         model = Organization
-        fields = ["id", "name", "slug", "allowed_models", "created_at"]
+        fields = ["id", "name", "slug", *POLICY_FIELDS, "created_at"]
+
+
+class RoutingPolicySerializer(serializers.ModelSerializer[Organization]):
+    class Meta:
+        model = Organization
+        fields = POLICY_FIELDS
 
 
 class APIKeySerializer(serializers.ModelSerializer[APIKey]):
@@ -91,7 +100,8 @@ class APIKeySerializer(serializers.ModelSerializer[APIKey]):
         model = APIKey
         fields = [
             "id", "name", "prefix", "team", "created_by", "created_at", "last_used_at",
-            "expires_at", "revoked_at", "allowed_models", "status",
+            "expires_at", "revoked_at", "allowed_models", "allowed_providers", "routing_strategy",
+            "routing_preference", "status",
         ]  # fmt: skip
 
     def get_status(self, obj: APIKey) -> str:
@@ -102,22 +112,68 @@ class APIKeySerializer(serializers.ModelSerializer[APIKey]):
         return "active"
 
 
-class APIKeyCreateSerializer(serializers.Serializer[Any]):
+def model_names() -> serializers.ListField:
+    return serializers.ListField(child=serializers.CharField(max_length=120), required=False, max_length=500)
+
+
+def provider_slugs() -> serializers.ListField:
+    return serializers.ListField(child=serializers.CharField(max_length=40), required=False, max_length=50)
+
+
+class RoutingPolicyInput(serializers.Serializer[Any]):
+    """Checks a policy's lists against the catalog and, with ``within`` in the
+    context, against the organization's policy (a key may narrow it, never widen it)."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        problems = selectors.routing_policy_problems(
+            allowed_models=attrs.get("allowed_models"),
+            allowed_providers=attrs.get("allowed_providers"),
+            within=self.context.get("within"),
+        )
+        if problems:
+            raise serializers.ValidationError(problems)
+        return attrs
+
+
+class StrictRoutingPolicyInput(RoutingPolicyInput):
+    """A PATCH body: only the policy's own fields, so a misspelt one is an error, not a no-op."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, Mapping):
+            extra = sorted(set(data) - set(self.fields))
+            if extra:
+                raise serializers.ValidationError({extra[0]: ["is not a routing policy field."]})
+        return super().to_internal_value(data)
+
+
+class OrganizationRoutingPolicyUpdateSerializer(StrictRoutingPolicyInput):
+    allowed_models = model_names()
+    allowed_providers = provider_slugs()
+    routing_strategy = serializers.ChoiceField(choices=RoutingStrategy.choices, required=False)
+    routing_preference = serializers.ChoiceField(choices=RoutingPreference.choices, required=False)
+
+
+class APIKeyRoutingPolicyUpdateSerializer(StrictRoutingPolicyInput):
+    """Blank strategy or preference: use the organization's."""
+
+    allowed_models = model_names()
+    allowed_providers = provider_slugs()
+    routing_strategy = serializers.ChoiceField(choices=RoutingStrategy.choices, required=False, allow_blank=True)
+    routing_preference = serializers.ChoiceField(choices=RoutingPreference.choices, required=False, allow_blank=True)
+
+
+class APIKeyCreateSerializer(RoutingPolicyInput):
     name = serializers.CharField(max_length=200)
     team = serializers.IntegerField(required=False, allow_null=True)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
-    allowed_models = serializers.ListField(child=serializers.CharField(max_length=120), required=False, max_length=500)
+    allowed_models = model_names()
+    allowed_providers = provider_slugs()
+    routing_strategy = serializers.ChoiceField(choices=RoutingStrategy.choices, required=False, allow_blank=True)
+    routing_preference = serializers.ChoiceField(choices=RoutingPreference.choices, required=False, allow_blank=True)
 
     def validate_expires_at(self, value: Any) -> Any:
         if value is not None and value <= timezone.now():
             raise serializers.ValidationError("must be in the future.")
-        return value
-
-    def validate_allowed_models(self, value: list[str]) -> list[str]:
-        known = set(Model.objects.filter(name__in=value).values_list("name", flat=True))
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise serializers.ValidationError(f"unknown model(s): {', '.join(unknown)}.")
         return value
 
 
@@ -143,7 +199,7 @@ class APIKeyListView(OrganizationScopedView):
 
     @extend_schema(request=APIKeyCreateSerializer, responses={201: APIKeySerializer})
     def post(self, request: Request, org: str) -> Response:
-        serializer = APIKeyCreateSerializer(data=request.data)
+        serializer = APIKeyCreateSerializer(data=request.data, context={"within": self.organization})
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         team = None
@@ -158,24 +214,60 @@ class APIKeyListView(OrganizationScopedView):
             team=team,
             expires_at=data.get("expires_at"),
             allowed_models=data.get("allowed_models", ()),
+            allowed_providers=data.get("allowed_providers", ()),
+            routing_strategy=data.get("routing_strategy", ""),
+            routing_preference=data.get("routing_preference", ""),
         )
         body = {**APIKeySerializer(issued.api_key).data, "key": issued.secret}
         return Response(body, status=status.HTTP_201_CREATED)
 
 
-class APIKeyDetailView(OrganizationScopedView):
+class RoutingPolicyView(OrganizationScopedView):
+    """The organization's routing policy: any member reads it, owners and admins change it."""
+
+    @extend_schema(operation_id="org_routing_policy_retrieve", responses=RoutingPolicySerializer)
+    def get(self, request: Request, org: str) -> Response:
+        return Response(RoutingPolicySerializer(self.organization).data)
+
+    @extend_schema(
+        operation_id="org_routing_policy_update",
+        request=OrganizationRoutingPolicyUpdateSerializer,
+        responses=RoutingPolicySerializer,
+    )
+    def patch(self, request: Request, org: str) -> Response:
+        serializer = OrganizationRoutingPolicyUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        updated = services.organization_routing_policy_update(
+            organization=self.organization, actor=signed_in_user(request), **serializer.validated_data
+        )
+        return Response(RoutingPolicySerializer(updated).data)
+
+
+class APIKeyScopedView(OrganizationScopedView):
     def get_key(self, key_id: int) -> APIKey:
         api_key = selectors.api_key_get(organization=self.organization, key_id=key_id)
         if api_key is None:
             raise NotFound("No such API key.")
         return api_key
 
+
+class APIKeyDetailView(APIKeyScopedView):
     @extend_schema(responses=APIKeySerializer)
     def get(self, request: Request, org: str, key_id: int) -> Response:
         return Response(APIKeySerializer(self.get_key(key_id)).data)
 
+    @extend_schema(request=APIKeyRoutingPolicyUpdateSerializer, responses=APIKeySerializer)
+    def patch(self, request: Request, org: str, key_id: int) -> Response:
+        api_key = self.get_key(key_id)
+        serializer = APIKeyRoutingPolicyUpdateSerializer(data=request.data, context={"within": self.organization})
+        serializer.is_valid(raise_exception=True)
+        updated = services.api_key_routing_policy_update(
+            api_key=api_key, actor=signed_in_user(request), **serializer.validated_data
+        )
+        return Response(APIKeySerializer(updated).data)
 
-class APIKeyRevokeView(APIKeyDetailView):
+
+class APIKeyRevokeView(APIKeyScopedView):
     @extend_schema(request=None, responses=APIKeySerializer)
     def post(self, request: Request, org: str, key_id: int) -> Response:
         revoked = services.api_key_revoke(api_key=self.get_key(key_id), actor=signed_in_user(request))

@@ -23,7 +23,7 @@ from muxer_project.errors import APIError, invalid_api_key
 from muxer_project.singleflight import SingleFlight
 
 from . import keys
-from .models import APIKey
+from .models import APIKey, RoutingPreference, RoutingStrategy
 
 _MAX_CACHED = 100_000
 
@@ -40,11 +40,21 @@ class KeyIdentity:
     org_allowed_models: frozenset[str]
     expires_at: datetime | None
     revoked: bool
+    allowed_providers: frozenset[str] = frozenset()
+    org_allowed_providers: frozenset[str] = frozenset()
+    # Already resolved: the key's own setting, else its organization's.
+    strategy: str = RoutingStrategy.HYBRID.value
+    preference: str = RoutingPreference.COST.value
 
     def may_use(self, model_name: str) -> bool:
         if self.allowed_models and model_name not in self.allowed_models:
             return False
         return not self.org_allowed_models or model_name in self.org_allowed_models
+
+    def allows_provider(self, slug: str) -> bool:
+        if self.allowed_providers and slug not in self.allowed_providers:
+            return False
+        return not self.org_allowed_providers or slug in self.org_allowed_providers
 
 
 _cache: dict[str, tuple[float, KeyIdentity | None]] = {}
@@ -80,14 +90,21 @@ def _query(prefix: str) -> KeyIdentity | None:
             "team_id",
             "created_by_id",
             "allowed_models",
+            "allowed_providers",
+            "routing_strategy",
+            "routing_preference",
             "expires_at",
             "revoked_at",
             "organization__allowed_models",
+            "organization__allowed_providers",
+            "organization__routing_strategy",
+            "organization__routing_preference",
         )
         .first()
     )
     if row is None:
         return None
+    org = row.organization
     return KeyIdentity(
         key_id=row.pk,
         prefix=row.prefix,
@@ -96,9 +113,13 @@ def _query(prefix: str) -> KeyIdentity | None:
         team_id=row.team_id,
         user_id=row.created_by_id,
         allowed_models=frozenset(row.allowed_models or ()),
-        org_allowed_models=frozenset(row.organization.allowed_models or ()),
+        org_allowed_models=frozenset(org.allowed_models or ()),
         expires_at=row.expires_at,
         revoked=row.revoked_at is not None,
+        allowed_providers=frozenset(row.allowed_providers or ()),
+        org_allowed_providers=frozenset(org.allowed_providers or ()),
+        strategy=row.routing_strategy or org.routing_strategy,
+        preference=row.routing_preference or org.routing_preference,
     )
 
 

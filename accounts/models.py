@@ -45,6 +45,23 @@ class User(AbstractBaseUser, PermissionsMixin):
         return self.email
 
 
+class RoutingStrategy(models.TextChoices):
+    """How ``auto`` picks a model."""
+
+    HEURISTIC = "heuristic", "Heuristic (rules on the request's features)"
+    SEMANTIC = "semantic", "Semantic (a trained classifier)"
+    CASCADE = "cascade", "Cascade (cheapest first, escalate weak answers)"
+    HYBRID = "hybrid", "Hybrid (heuristic and semantic, cascade when unsure)"
+
+
+class RoutingPreference(models.TextChoices):
+    """What ``auto`` favours among models that can serve a request."""
+
+    COST = "cost", "Cost"
+    QUALITY = "quality", "Quality"
+    SPEED = "speed", "Speed"
+
+
 class Organization(models.Model):
     """The tenant. Every tenant-owned row points here."""
 
@@ -52,6 +69,13 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=80, unique=True)
     allowed_models = models.JSONField(
         default=list, blank=True, help_text="Model names this organization may use; empty means every enabled model."
+    )
+    allowed_providers = models.JSONField(
+        default=list, blank=True, help_text="Provider slugs this organization may use; empty means every provider."
+    )
+    routing_strategy = models.CharField(max_length=16, choices=RoutingStrategy.choices, default=RoutingStrategy.HYBRID)
+    routing_preference = models.CharField(
+        max_length=16, choices=RoutingPreference.choices, default=RoutingPreference.COST
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -110,6 +134,15 @@ class APIKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     allowed_models = models.JSONField(
         default=list, blank=True, help_text="Model names this key may use; empty means what the organization allows."
+    )
+    allowed_providers = models.JSONField(
+        default=list, blank=True, help_text="Provider slugs this key may use; empty means what the organization allows."
+    )
+    routing_strategy = models.CharField(
+        max_length=16, choices=RoutingStrategy.choices, blank=True, help_text="Blank means the organization's."
+    )
+    routing_preference = models.CharField(
+        max_length=16, choices=RoutingPreference.choices, blank=True, help_text="Blank means the organization's."
     )
 
     class Meta:

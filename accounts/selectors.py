@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from django.db.models import QuerySet
+
+from providers.models import Model, Provider
 
 from .models import APIKey, Membership, Organization, User
 
@@ -23,3 +27,43 @@ def api_keys_for_org(*, organization: Organization) -> QuerySet[APIKey]:
 
 def api_key_get(*, organization: Organization, key_id: int) -> APIKey | None:
     return api_keys_for_org(organization=organization).filter(pk=key_id).first()
+
+
+def routing_policy_problems(
+    *,
+    allowed_models: Collection[str] | None = None,
+    allowed_providers: Collection[str] | None = None,
+    within: Organization | None = None,
+) -> dict[str, list[str]]:
+    """What is wrong with a routing policy's lists, by field; empty when nothing is.
+
+    Names must exist in the catalog. With ``within`` (a key's policy inside its
+    organization's), the lists may only narrow the organization's: no model or
+    provider it leaves out, and no model served by a provider it leaves out.
+    ``None`` skips a list.
+    """
+    problems: dict[str, list[str]] = {}
+    if allowed_models is not None:
+        provider_of = dict(Model.objects.filter(name__in=allowed_models).values_list("name", "provider__slug"))
+        unknown = sorted(set(allowed_models) - set(provider_of))
+        if unknown:
+            problems["allowed_models"] = [f"unknown model(s): {', '.join(unknown)}."]
+        elif within is not None:
+            outside = sorted(
+                name
+                for name, slug in provider_of.items()
+                if (within.allowed_models and name not in within.allowed_models)
+                or (within.allowed_providers and slug not in within.allowed_providers)
+            )
+            if outside:
+                problems["allowed_models"] = [f"not allowed by the organization: {', '.join(outside)}."]
+    if allowed_providers is not None:
+        known = set(Provider.objects.filter(slug__in=allowed_providers).values_list("slug", flat=True))
+        unknown = sorted(set(allowed_providers) - known)
+        if unknown:
+            problems["allowed_providers"] = [f"unknown provider(s): {', '.join(unknown)}."]
+        elif within is not None and within.allowed_providers:
+            outside = sorted(set(allowed_providers) - set(within.allowed_providers))
+            if outside:
+                problems["allowed_providers"] = [f"not allowed by the organization: {', '.join(outside)}."]
+    return problems

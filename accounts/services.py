@@ -81,6 +81,9 @@ def api_key_create(
     team: Team | None = None,
     expires_at: datetime | None = None,
     allowed_models: Iterable[str] = (),
+    allowed_providers: Iterable[str] = (),
+    routing_strategy: str = "",
+    routing_preference: str = "",
     secret: str | None = None,
 ) -> IssuedKey:
     """Issue a key. Pass ``secret`` only to adopt a known, well-formed key (the demo key)."""
@@ -99,6 +102,9 @@ def api_key_create(
         created_by=created_by,
         expires_at=expires_at,
         allowed_models=sorted(set(allowed_models)),
+        allowed_providers=sorted(set(allowed_providers)),
+        routing_strategy=routing_strategy,
+        routing_preference=routing_preference,
     )
     audit_event_record(
         action="api_key.created",
@@ -112,6 +118,9 @@ def api_key_create(
             "team_id": team.pk if team else None,
             "expires_at": expires_at.isoformat() if expires_at else None,
             "allowed_models": api_key.allowed_models,
+            "allowed_providers": api_key.allowed_providers,
+            "routing_strategy": routing_strategy,
+            "routing_preference": routing_preference,
         },
     )
     return IssuedKey(api_key=api_key, secret=secret)
@@ -133,4 +142,106 @@ def api_key_revoke(*, api_key: APIKey, actor: User | None) -> APIKey:
         target_id=locked.pk,
         metadata={"name": locked.name, "prefix": locked.prefix},
     )
+    return locked
+
+
+def _apply_policy(row: Organization | APIKey, changes: dict[str, object]) -> dict[str, dict[str, object]]:
+    """Set the fields that differ on ``row`` and return them as ``{field: {"old", "new"}}``."""
+    diff: dict[str, dict[str, object]] = {}
+    for field, new in changes.items():
+        old = getattr(row, field)
+        if old != new:
+            setattr(row, field, new)
+            diff[field] = {"old": old, "new": new}
+    if diff:
+        row.save(update_fields=list(diff))
+    return diff
+
+
+def _policy_changes(
+    *,
+    allowed_models: Iterable[str] | None,
+    allowed_providers: Iterable[str] | None,
+    routing_strategy: str | None,
+    routing_preference: str | None,
+) -> dict[str, object]:
+    changes: dict[str, object] = {}
+    if allowed_models is not None:
+        changes["allowed_models"] = sorted(set(allowed_models))
+    if allowed_providers is not None:
+        changes["allowed_providers"] = sorted(set(allowed_providers))
+    if routing_strategy is not None:
+        changes["routing_strategy"] = routing_strategy
+    if routing_preference is not None:
+        changes["routing_preference"] = routing_preference
+    return changes
+
+
+@transaction.atomic
+def organization_routing_policy_update(
+    *,
+    organization: Organization,
+    actor: User | None,
+    allowed_models: Iterable[str] | None = None,
+    allowed_providers: Iterable[str] | None = None,
+    routing_strategy: str | None = None,
+    routing_preference: str | None = None,
+) -> Organization:
+    """Change the organization's routing policy; ``None`` leaves a field as it is.
+
+    Callers validate first (``selectors.routing_policy_problems``). Keys pick the
+    change up within ``MUXER_KEY_CACHE_SECONDS``, like a revocation.
+    """
+    locked = Organization.objects.select_for_update().get(pk=organization.pk)
+    changes = _policy_changes(
+        allowed_models=allowed_models,
+        allowed_providers=allowed_providers,
+        routing_strategy=routing_strategy,
+        routing_preference=routing_preference,
+    )
+    diff = _apply_policy(locked, changes)
+    if diff:
+        audit_event_record(
+            action="organization.routing_policy_updated",
+            organization=locked,
+            actor=actor,
+            target_type="organization",
+            target_id=locked.pk,
+            metadata={"changes": diff},
+        )
+    return locked
+
+
+@transaction.atomic
+def api_key_routing_policy_update(
+    *,
+    api_key: APIKey,
+    actor: User | None,
+    allowed_models: Iterable[str] | None = None,
+    allowed_providers: Iterable[str] | None = None,
+    routing_strategy: str | None = None,
+    routing_preference: str | None = None,
+) -> APIKey:
+    """Change a key's routing policy; ``None`` leaves a field as it is, and a blank
+    strategy or preference falls back to the organization's.
+
+    Callers validate first (``selectors.routing_policy_problems`` with ``within``).
+    """
+    locked = APIKey.objects.select_for_update().get(pk=api_key.pk)
+    changes = _policy_changes(
+        allowed_models=allowed_models,
+        allowed_providers=allowed_providers,
+        routing_strategy=routing_strategy,
+        routing_preference=routing_preference,
+    )
+    diff = _apply_policy(locked, changes)
+    if diff:
+        audit_event_record(
+            action="api_key.routing_policy_updated",
+            organization=locked.organization,
+            actor=actor,
+            target_type="api_key",
+            target_id=locked.pk,
+            metadata={"name": locked.name, "prefix": locked.prefix, "changes": diff},
+        )
     return locked

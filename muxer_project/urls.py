@@ -21,6 +21,7 @@ urlpatterns = [
     path("api/auth/token/refresh/", TokenRefreshView.as_view(), name="token-refresh"),
     path("api/orgs/", accounts_api.OrganizationListView.as_view(), name="org-list"),
     path("api/orgs/<slug:org>/", accounts_api.OrganizationDetailView.as_view(), name="org-detail"),
+    path("api/orgs/<slug:org>/routing-policy/", accounts_api.RoutingPolicyView.as_view(), name="routing-policy"),
     path("api/orgs/<slug:org>/keys/", accounts_api.APIKeyListView.as_view(), name="key-list"),
     path("api/orgs/<slug:org>/keys/<int:key_id>/", accounts_api.APIKeyDetailView.as_view(), name="key-detail"),
     path("api/orgs/<slug:org>/keys/<int:key_id>/revoke/", accounts_api.APIKeyRevokeView.as_view(), name="key-revoke"),
