@@ -9,6 +9,7 @@ from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 from accounts import api as accounts_api
 from providers import api as providers_api
 from routing import errors
+from routing import feedback as routing_feedback
 from routing import views as routing_views
 
 urlpatterns = [
@@ -17,6 +18,7 @@ urlpatterns = [
     path("readyz", routing_views.readyz, name="readyz"),
     path("v1/models", routing_views.ModelListView.as_view(), name="v1-models"),
     path("v1/models/<path:model>", routing_views.ModelDetailView.as_view(), name="v1-model-detail"),
+    path("v1/feedback", routing_feedback.FeedbackView.as_view(), name="v1-feedback"),
     path("api/auth/token/", TokenObtainPairView.as_view(), name="token-obtain"),
     path("api/auth/token/refresh/", TokenRefreshView.as_view(), name="token-refresh"),
     path("api/orgs/", accounts_api.OrganizationListView.as_view(), name="org-list"),
