@@ -18,9 +18,10 @@ class ModelAdmin(admin.ModelAdmin[Model]):
     """The catalog, with each model's circuit breaker state (shared by every gateway instance)."""
 
     list_display = [
-        "name", "provider", "kind", "input_price_per_mtok_usd", "output_price_per_mtok_usd",
+        "name", "provider", "kind", "quality_tier", "input_price_per_mtok_usd", "output_price_per_mtok_usd",
         "context_window", "max_output_tokens", "enabled", "price_as_of", "circuit",
     ]  # fmt: skip
+    list_editable = ["quality_tier", "enabled"]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         # One Redis scan per page, not one per row.
@@ -34,7 +35,7 @@ class ModelAdmin(admin.ModelAdmin[Model]):
             circuits = open_circuits()
         return circuits.get(f"{obj.provider.slug}/{obj.name}", "closed")
 
-    list_filter = ["provider", "kind", "enabled", "supports_tools", "supports_vision"]
+    list_filter = ["provider", "kind", "quality_tier", "enabled", "supports_tools", "supports_vision"]
     search_fields = ["name"]
 
 

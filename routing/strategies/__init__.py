@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from decimal import Decimal
 
 from django.conf import settings
 
@@ -56,7 +57,7 @@ def _cascade(
 ) -> RouteDecision:
     """One model per tier from ``start`` upwards, as far as the cost cap allows for the whole cascade."""
     steps: list[CatalogModel] = []
-    total = 0
+    total = Decimal(0)
     for tier in range(start, TOP_TIER + 1):
         found = [m for m in pool if m.quality_tier == tier]
         if not found:

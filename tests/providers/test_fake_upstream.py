@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -166,18 +167,8 @@ def test_healthz_models_and_unknown_path(http: httpx.Client) -> None:
     assert models.json() == {
         "object": "list",
         "data": [
-            {
-                "id": "fake-small",
-                "object": "model",
-                "created": 1700000000,
-                "owned_by": "fake",
-            },
-            {
-                "id": "fake-large",
-                "object": "model",
-                "created": 1700000000,
-                "owned_by": "fake",
-            },
+            {"id": name, "object": "model", "created": 1700000000, "owned_by": "fake"}
+            for name in ("fake-small", "fake-medium", "fake-large")
         ],
     }
 
@@ -599,6 +590,30 @@ def test_words_directive(http: httpx.Client) -> None:
     ).json()
     assert body["choices"][0]["message"]["content"] == "lorem ipsum dolor sit amet"
     assert body["usage"]["completion_tokens"] == 5
+
+
+def test_refuse_directive_answers_a_refusal_for_the_named_model_only(http: httpx.Client) -> None:
+    content = "Tell me [fake model=fake-small refuse=1]"
+
+    def reply(model: str) -> str:
+        body = _chat(http, {"model": model, "messages": [{"role": "user", "content": content}]}).json()
+        return str(body["choices"][0]["message"]["content"])
+
+    assert reply("fake-small") == "I'm sorry, but I can't help with that."
+    assert reply("fake-large") == "Fake reply to: Tell me"
+
+
+def test_json_mode_replies_with_a_json_object(http: httpx.Client) -> None:
+    body = _chat(
+        http,
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "Give me JSON"}],
+            "response_format": {"type": "json_object"},
+        },
+    ).json()
+
+    assert json.loads(body["choices"][0]["message"]["content"]) == {"reply": "Fake reply to: Give me JSON"}
 
 
 def test_latency(http: httpx.Client) -> None:
