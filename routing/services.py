@@ -1,12 +1,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Organization
 
 from . import selectors
-from .models import Feedback
+from .models import Feedback, TrainedRouter
+from .semantic import forget_semantic_models
+from .semantic.training import (
+    ORGANIZATION_LABEL_WEIGHT,
+    check_enough_labels,
+    organization_labels,
+    train_organization_router,
+)
+
+if TYPE_CHECKING:
+    from .evaluation import LabelledPrompts
 
 # --- feedback -------------------------------------------------------------------------------
 
@@ -41,3 +54,49 @@ def feedback_record(
         organization_id=organization_id, request_id=request_id, defaults=values
     )
     return RecordedFeedback(feedback=feedback, model=answer.model, created=created)
+
+
+# --- the organization's own semantic router -------------------------------------------------------
+
+
+def trained_router_create(
+    *,
+    organization: Organization,
+    base: LabelledPrompts | None = None,
+    base_description: dict[str, Any] | None = None,
+    organization_weight: float = ORGANIZATION_LABEL_WEIGHT,
+) -> TrainedRouter:
+    """Train a semantic router on the organization's ratings (and ``base`` data, if given), store it as the
+    organization's active router, and retire the older ones. Raises ``NotEnoughLabels``."""
+    answers = selectors.rated_answers_for(organization_id=organization.pk)
+    labels = organization_labels(answers)
+    check_enough_labels(labels)
+    now = timezone.now()
+    version = f"{organization.slug[:40]}-{now:%Y%m%d%H%M%S}"
+    trained_on: dict[str, Any] = {
+        "rated_answers": len(answers),
+        "organization_labels": labels.counts(),
+        "organization_weight": organization_weight if base is not None else 1.0,
+        "base_data": {**(base_description or {}), "prompts": len(base)} if base is not None else None,
+    }
+    model = train_organization_router(
+        labels,
+        version=version,
+        base_prompts=base.prompts if base is not None else (),
+        base_labels=base.labels if base is not None else None,
+        organization_weight=organization_weight,
+        metadata={"created": now.isoformat(), "trained_on": trained_on},
+    )
+    with transaction.atomic():
+        TrainedRouter.objects.filter(organization=organization, active=True).update(active=False)
+        router = TrainedRouter.objects.create(
+            organization=organization,
+            version=version,
+            weights=model.to_bytes(),
+            metrics=model.metrics,
+            trained_on=trained_on,
+            active=True,
+        )
+    # This process routes with it at once; the others within ORGANIZATION_MODEL_SECONDS.
+    forget_semantic_models(organization.pk)
+    return router
