@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -152,12 +153,12 @@ class SemanticRouterModel:
         """Load an archive written by ``to_bytes``; never unpickles. Raises ValueError if it is not one."""
         try:
             with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-                missing = [name for name in _ARRAYS if name not in archive.files]
-                if missing:
-                    raise ValueError(f"not a semantic router archive: missing {', '.join(missing)}")
-                arrays = {name: archive[name] for name in _ARRAYS}
-        except (OSError, EOFError) as exc:  # np.load's "not an npz" and truncated-archive errors
+                arrays = {name: archive[name] for name in _ARRAYS if name in archive.files}
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:  # not an .npz, truncated, or pickled
             raise ValueError(f"not a semantic router archive: {exc}") from exc
+        missing = [name for name in _ARRAYS if name not in arrays]
+        if missing:
+            raise ValueError(f"not a semantic router archive: missing {', '.join(missing)}")
         meta = json.loads(arrays["meta"].tobytes().decode())
         if meta.get("format") != FORMAT:
             raise ValueError(f"unknown semantic router format {meta.get('format')!r}")
@@ -165,7 +166,7 @@ class SemanticRouterModel:
             raise ValueError(f"the model was trained with featurizer {meta.get('featurizer')!r}, not {FEATURIZER!r}")
         intercepts = arrays["intercepts"]
         return cls(
-            version=str(meta["version"]),
+            version=str(meta.get("version", "")),
             vocabulary=arrays["vocabulary"].astype(np.int32),
             idf=arrays["idf"],
             weak_coef=arrays["weak_coef"],
