@@ -225,11 +225,13 @@ MUXER_REDIS_MAX_CONNECTIONS = env.int("MUXER_REDIS_MAX_CONNECTIONS", default=64)
 # A routed request's score (0 easy .. 1 hard) picks a quality tier: below the
 # first threshold economy, below the second standard, else premium.
 MUXER_ROUTER_HEURISTIC_THRESHOLDS = tuple(env.list("MUXER_ROUTER_HEURISTIC_THRESHOLDS", cast=float, default=[0.3, 0.6]))
-MUXER_ROUTER_SEMANTIC_THRESHOLDS = tuple(env.list("MUXER_ROUTER_SEMANTIC_THRESHOLDS", cast=float, default=[0.3, 0.5]))
+# The semantic score is the calibrated chance that the cheap model fails where the strong one
+# succeeds; on MMLU its median is 0.15 and its 90th percentile 0.32.
+MUXER_ROUTER_SEMANTIC_THRESHOLDS = tuple(env.list("MUXER_ROUTER_SEMANTIC_THRESHOLDS", cast=float, default=[0.2, 0.3]))
 # Hybrid: weights of the heuristic and semantic scores, and the uncertain band
 # of the combined score that is settled by a cascade rather than a guess.
 MUXER_ROUTER_HYBRID_WEIGHTS = tuple(env.list("MUXER_ROUTER_HYBRID_WEIGHTS", cast=float, default=[0.3, 0.7]))
-MUXER_ROUTER_HYBRID_BAND = tuple(env.list("MUXER_ROUTER_HYBRID_BAND", cast=float, default=[0.3, 0.5]))
+MUXER_ROUTER_HYBRID_BAND = tuple(env.list("MUXER_ROUTER_HYBRID_BAND", cast=float, default=[0.2, 0.3]))
 # Cascade: an answer scoring below this (0..1) is escalated to the next tier.
 MUXER_CASCADE_ACCEPT_SCORE = env.float("MUXER_CASCADE_ACCEPT_SCORE", default=0.6)
 # Output tokens assumed for a cost estimate when the request sets no max_tokens,

@@ -17,6 +17,7 @@ urlpatterns = [
     path("healthz", routing_views.healthz, name="healthz"),
     path("readyz", routing_views.readyz, name="readyz"),
     path("v1/models", routing_views.ModelListView.as_view(), name="v1-models"),
+    path("v1/route", routing_views.RouteView.as_view(), name="v1-route"),
     path("v1/models/<path:model>", routing_views.ModelDetailView.as_view(), name="v1-model-detail"),
     path("v1/feedback", routing_feedback.FeedbackView.as_view(), name="v1-feedback"),
     path("api/auth/token/", TokenObtainPairView.as_view(), name="token-obtain"),

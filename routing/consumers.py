@@ -16,7 +16,8 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
@@ -32,10 +33,21 @@ from providers.adapters import ChatResult, ChatStream, EmbeddingResult, Provider
 from providers.catalog import CallTimeouts, CatalogModel, get_catalog
 from providers.credentials import catalog_for, organization_keys
 from providers.http import call_timeouts
-from providers.resilience import backoff_seconds, breaker, counts_against_provider
+from providers.resilience import backoff_seconds, breaker, counts_against_provider, latency
 
-from .schema import ChatRequest, parse_chat_request, parse_embedding_request, too_large
-from .selection import RouteDecision, select_embedding_model, select_route
+from .cascade import AnswerScore, score_answer
+from .schema import (
+    ChatRequest,
+    RoutingOptions,
+    parse_chat_request,
+    parse_embedding_request,
+    parse_max_cost,
+    parse_strategy,
+    too_large,
+)
+from .selection import PromptScore, RouteDecision, prompt_text, select_embedding_model, select_route
+from .semantic import semantic_model_for
+from .strategies.base import capped_output_tokens
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -270,6 +282,9 @@ class RoutedConsumer(GatewayConsumer):
     """Base for endpoints that call providers: the retry/fallback loop and usage records."""
 
     attempts = 0
+    # The step of a cascade that is running (1 otherwise), and the route, for the usage records.
+    step = 1
+    route: RouteDecision | None = None
 
     async def _call_route(
         self,
@@ -316,6 +331,7 @@ class RoutedConsumer(GatewayConsumer):
                     await asyncio.sleep(delay)
                 else:
                     await breaker.record(model, ok=True)
+                    latency.record(model, (time.perf_counter() - self.started) * 1000)
                     return model, result
             if time.monotonic() > deadline:
                 break
@@ -354,6 +370,10 @@ class RoutedConsumer(GatewayConsumer):
             "error_code": error_code,
             "stream": stream,
             "created_at": time.time(),
+            "attempt": self.step,
+            "route_strategy": self.route.strategy if self.route is not None else "",
+            "route_reason": self.route.reason if self.route is not None else "",
+            "prompt_features": self.route.prompt_features if self.route is not None else None,
         }
 
     async def _record_failure(
@@ -378,44 +398,89 @@ class RoutedConsumer(GatewayConsumer):
 
     def _route_headers(self, model: CatalogModel, route: RouteDecision) -> Headers:
         reason = route.reason if model is route.model else f"{route.reason};fallback-from={route.model.name}"
-        return [*_muxer_headers(model, reason), (b"x-muxer-attempts", str(self.attempts).encode())]
+        return [
+            *_muxer_headers(model, reason),
+            (b"x-muxer-strategy", route.strategy.encode()),
+            (b"x-muxer-attempts", str(self.attempts).encode()),
+        ]
 
 
 class ChatCompletionsConsumer(RoutedConsumer):
-    """``POST /v1/chat/completions``, streamed and not."""
+    """``POST /v1/chat/completions``, streamed and not; routed requests may run as a cascade."""
 
     async def handle(self, body: bytes) -> None:
         identity = await authenticate(self.header(b"authorization"))
         request = parse_chat_request(body)
+        options = self.routing_options()
         requested_fallbacks = tuple(
             name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip()
         )
         catalog = await get_catalog()
         own_keys = await organization_keys(identity.organization_id)
+        scorer = PromptScore(await semantic_model_for(identity.organization_id)) if request.routed else None
         route = select_route(
             catalog=catalog_for(catalog, identity.organization_id, own_keys),
             identity=identity,
             request=request,
+            semantic=scorer,
+            options=options,
             requested_fallbacks=requested_fallbacks,
         )
-        if request.stream:
+        if scorer is not None:
+            route = replace(route, prompt_features=scorer.compact(prompt_text(request)))
+        self.route = route
+        if route.escalations:
+            await self._cascade(identity, request, route)
+        elif request.stream:
             await self._stream(identity, request, route)
         else:
             await self._complete(identity, request, route)
 
-    async def _complete(self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision) -> None:
+    def routing_options(self) -> RoutingOptions:
+        """The routing headers: ``X-Muxer-Strategy`` and ``X-Muxer-Max-Cost`` (USD)."""
+        strategy = self.header(b"x-muxer-strategy")
+        max_cost = self.header(b"x-muxer-max-cost")
+        return RoutingOptions(
+            strategy=None if strategy is None else parse_strategy(strategy.strip(), param="X-Muxer-Strategy"),
+            max_cost_usd=None if max_cost is None else parse_max_cost(max_cost, param="X-Muxer-Max-Cost"),
+        )
+
+    def payload_for(self, request: ChatRequest, model: CatalogModel, spent: Decimal = Decimal(0)) -> dict[str, Any]:
+        """The body for ``model``: under a cost cap, with the max_tokens that keeps this call within what is left."""
+        route = self.route
+        if route is None or route.max_cost_usd is None or request.max_output_tokens is not None:
+            return request.payload
+        bound = capped_output_tokens(
+            model, estimate_prompt_tokens(request.payload["messages"]), route.max_cost_usd - spent, None
+        )
+        if bound is None:
+            raise ProviderError(
+                f"'{model.name}' cannot answer within what is left of the cost cap.",
+                status=400,
+                retryable=False,
+                code="cost_cap_exceeded",
+            )
+        return {**request.payload, "max_tokens": bound}
+
+    async def _call_chat(
+        self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision, spent: Decimal = Decimal(0)
+    ) -> tuple[CatalogModel, ChatResult, Usage]:
         async def start(model: CatalogModel) -> ChatResult:
             adapter = adapter_for(model)
             assert adapter is not None
-            return await adapter.chat(model, request.payload)
+            return await adapter.chat(model, self.payload_for(request, model, spent))
 
-        upstream_started = time.perf_counter()
         model, result = await self._call_route(identity, route, start, stream=False)
-        upstream_ms = (time.perf_counter() - upstream_started) * 1000
         usage = result.usage
         if usage.estimated:
             usage.input_tokens = estimate_prompt_tokens(request.payload["messages"])
             usage.output_tokens = estimate_text_tokens(_completion_chars(result.body))
+        return model, result, usage
+
+    async def _complete(self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision) -> None:
+        upstream_started = time.perf_counter()
+        model, result, usage = await self._call_chat(identity, request, route)
+        upstream_ms = (time.perf_counter() - upstream_started) * 1000
         event = self._usage_event(identity, model, usage, status="ok", http_status=200, stream=False)
         headers = self._route_headers(model, route)
         headers.append((b"x-muxer-cost-usd", event["cost_usd"].encode()))
@@ -423,22 +488,159 @@ class ChatCompletionsConsumer(RoutedConsumer):
         await self.send_json(200, orjson.dumps(result.body), headers)
         await usage_emit(event)
 
-    async def _stream(self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision) -> None:
+    async def _cascade(self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision) -> None:
+        """Ask each tier in turn until an answer scores well enough; every attempt is billed and recorded.
+
+        Steps before the last are asked without streaming, so they can be judged
+        whole; a streamed request gets the accepted answer replayed as a stream,
+        and the last step streams live. A step that fails, or that the cost cap
+        has no room for, ends the cascade with the best answer so far.
+        """
+        steps = (route.model, *route.escalations)
+        prompt = prompt_text(request)
+        threshold = settings.MUXER_CASCADE_ACCEPT_SCORE
+        answers: list[tuple[CatalogModel, ChatResult, Usage, AnswerScore, int]] = []
+        spent = Decimal(0)
+        chosen: int | None = None
+        try:
+            for index, step in enumerate(steps):
+                if index and not self._fits(request, step, route, spent):
+                    break
+                self.step = index + 1
+                step_route = RouteDecision(
+                    model=step,
+                    reason=route.reason,
+                    strategy=route.strategy,
+                    fallbacks=route.fallbacks if index == 0 else (),
+                )
+                try:
+                    if index == len(steps) - 1 and request.stream:
+                        trail = self._trail(answers, streaming=step)
+                        await self._stream(identity, request, step_route, cascade_trail=trail, spent=spent)
+                        return
+                    model, result, usage = await self._call_chat(identity, request, step_route, spent)
+                except APIError as error:
+                    # A tier that fails is passed over; a request every tier would refuse is not.
+                    if self.response_started or (not answers and (error.status < 500 or index == len(steps) - 1)):
+                        raise
+                    continue
+                spent += cost_usd(model, usage)
+                verdict = score_answer(request, result.body, prompt)
+                answers.append((model, result, usage, verdict, index + 1))
+                if verdict.score >= threshold:
+                    break
+            if not answers:
+                raise APIError(
+                    400, "No step of the cascade fits the cost cap.", code="cost_cap_exceeded", param="model"
+                )
+            chosen = max(range(len(answers)), key=lambda i: (answers[i][3].score, i))
+            model, result, usage, verdict, step_number = answers[chosen]
+            self.step = step_number
+            headers = self._route_headers(model, replace(route, model=steps[step_number - 1]))
+            headers.append((b"x-muxer-cascade", self._trail(answers).encode()))
+            headers.append((b"x-muxer-cost-usd", format(spent, "f").encode()))
+            if request.stream:
+                await self._replay_stream(request, model, result, usage, headers)
+            else:
+                await self.send_json(200, orjson.dumps(result.body), headers)
+        finally:
+            await self._record_steps(identity, answers, chosen=chosen)
+
+    @staticmethod
+    def _fits(request: ChatRequest, model: CatalogModel, route: RouteDecision, spent: Decimal) -> bool:
+        """Whether what is left of the cost cap has room for another step on ``model``."""
+        if route.max_cost_usd is None:
+            return True
+        prompt_tokens = estimate_prompt_tokens(request.payload["messages"])
+        left = route.max_cost_usd - spent
+        return capped_output_tokens(model, prompt_tokens, left, request.max_output_tokens) is not None
+
+    @staticmethod
+    def _trail(answers: list[tuple[Any, ...]], streaming: CatalogModel | None = None) -> str:
+        """Each judged step as ``model=score (reasons)``, and the step that streams live, if any."""
+        judged = [f"{a[0].name}={a[3].describe()}" for a in answers]
+        if streaming is not None:
+            judged.append(f"{streaming.name}=streamed")
+        return ";".join(judged)
+
+    async def _record_steps(
+        self,
+        identity: KeyIdentity,
+        answers: list[tuple[CatalogModel, ChatResult, Usage, AnswerScore, int]],
+        *,
+        chosen: int | None,
+    ) -> None:
+        current = self.step
+        for index, (model, _result, usage, verdict, step_number) in enumerate(answers):
+            self.step = step_number
+            status = "ok" if index == chosen else "escalated"
+            event = self._usage_event(identity, model, usage, status=status, http_status=200, stream=False)
+            if status == "escalated":
+                event["error_code"] = f"cascade_score_{verdict.score:.2f}"
+            await usage_emit(event)
+        self.step = current
+
+    async def _replay_stream(
+        self, request: ChatRequest, model: CatalogModel, result: ChatResult, usage: Usage, headers: Headers
+    ) -> None:
+        """Send a whole answer as an OpenAI event stream: the role, the content (or tool calls), the finish."""
+        body = result.body
+        choice = (body.get("choices") or [{}])[0]
+        message = choice.get("message") or {}
+        base = {
+            "id": body.get("id"),
+            "object": "chat.completion.chunk",
+            "created": body.get("created"),
+            "model": body.get("model") or model.name,
+            "system_fingerprint": body.get("system_fingerprint"),
+        }
+        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+        events = [
+            {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]},
+            {
+                **base,
+                "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": choice.get("finish_reason")}],
+            },
+        ]
+        if request.include_usage:
+            for event in events:
+                event["usage"] = None
+            events.append({**base, "choices": [], "usage": _openai_usage(usage)})
+        payload = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)
+        await self.start_response(
+            200, b"text/event-stream", [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"), *headers]
+        )
+        await self.send_body(payload + b"data: [DONE]\n\n")
+
+    async def _stream(
+        self,
+        identity: KeyIdentity,
+        request: ChatRequest,
+        route: RouteDecision,
+        *,
+        cascade_trail: str | None = None,
+        spent: Decimal = Decimal(0),
+    ) -> None:
         async def start(model: CatalogModel) -> OpenedStream:
             adapter = adapter_for(model)
             assert adapter is not None
-            return await open_stream(adapter.stream(model, request.payload))
+            return await open_stream(adapter.stream(model, self.payload_for(request, model, spent)))
 
         model, opened = await self._call_route(identity, route, start, stream=True)
         stream, chunks = opened.stream, opened.chunks
         progress = stream.progress
         status, http_status, error_code = "ok", 200, ""
         first: dict[str, Any] | None = None
+        headers = self._route_headers(model, route)
+        if cascade_trail is not None:
+            headers.append((b"x-muxer-cascade", cascade_trail.encode()))
         try:
             await self.start_response(
                 200,
                 b"text/event-stream",
-                [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"), *self._route_headers(model, route)],
+                [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"), *headers],
             )
             try:
                 async with asyncio.timeout(model.call_timeouts.total):

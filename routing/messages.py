@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -65,7 +66,8 @@ from providers.credentials import catalog_for, organization_keys
 
 from .consumers import ChatCompletionsConsumer, Headers, OpenedStream, RoutedConsumer, _completion_chars, open_stream
 from .schema import ChatRequest, _json_object, parse_chat_request
-from .selection import RouteDecision, select_route
+from .selection import PromptScore, RouteDecision, prompt_text, select_route
+from .semantic import semantic_model_for
 
 FIELDS = frozenset(
     {
@@ -696,12 +698,21 @@ class MessagesConsumer(RoutedConsumer):
         )
         catalog = await get_catalog()
         own_keys = await organization_keys(identity.organization_id)
+        scorer = PromptScore(await semantic_model_for(identity.organization_id)) if request.routed else None
         route = select_route(
             catalog=catalog_for(catalog, identity.organization_id, own_keys),
             identity=identity,
             request=request,
+            semantic=scorer,
             requested_fallbacks=requested_fallbacks,
         )
+        if route.escalations:
+            # This endpoint answers in Anthropic's format without a cascade: the cascade's first step
+            # serves, backed by its fallbacks. Chat completions runs the whole cascade.
+            route = replace(route, escalations=(), reason=route.reason + "; first step only on /v1/messages")
+        if scorer is not None:
+            route = replace(route, prompt_features=scorer.compact(prompt_text(request)))
+        self.route = route
         if request.stream:
             await self._stream(identity, request, route)
         else:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
+from scipy.sparse import csr_matrix
+
 from accounts.auth import KeyIdentity
 from billing.tokens import estimate_prompt_tokens
 from muxer_project.errors import APIError, invalid_request, model_not_found, permission_denied
@@ -18,6 +20,7 @@ from providers.models import ModelKind
 from providers.resilience import breaker, latency
 
 from .schema import STRATEGY_ALIASES, ChatRequest, RoutingOptions
+from .semantic import SemanticRouterModel, compact_from_matrix, default_semantic_model, prompt_features
 from .strategies import RoutingContext, decide
 from .strategies.base import (
     PromptScorer,
@@ -49,6 +52,23 @@ def prompt_text(request: ChatRequest) -> str:
             parts = [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
             return "\n".join(parts)[-MAX_SCORED_CHARS:]
     return ""
+
+
+class PromptScore:
+    """The semantic model, reading the prompt once for both its score and the usage record's features."""
+
+    def __init__(self, model: SemanticRouterModel) -> None:
+        self.model = model
+        self.features: csr_matrix | None = None
+
+    def score(self, text: str) -> float:
+        if self.features is None:
+            self.features = prompt_features(text)
+        return self.model.score_features(self.features)
+
+    def compact(self, text: str) -> list[list[float]]:
+        """The prompt's hashed features (no text) as stored for retraining."""
+        return compact_from_matrix(self.features if self.features is not None else prompt_features(text))
 
 
 def routing_context(
@@ -99,8 +119,6 @@ def select_route(
     options = options or RoutingOptions()
     if request.routed:
         if semantic is None:
-            from .semantic import default_semantic_model
-
             semantic = default_semantic_model()
         ctx = routing_context(catalog=catalog, identity=identity, request=request, semantic=semantic, options=options)
         decision = decide(ctx)

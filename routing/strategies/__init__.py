@@ -116,7 +116,7 @@ def heuristic(ctx: RoutingContext, pool: list[CatalogModel]) -> RouteDecision:
 def semantic(ctx: RoutingContext, pool: list[CatalogModel]) -> RouteDecision:
     score = ctx.semantic.score(ctx.prompt_text)
     thresholds = shifted(settings.MUXER_ROUTER_SEMANTIC_THRESHOLDS, ctx.preference)
-    why = f"cheap model fails with p={score:.2f}"
+    why = f"p(cheap fails, strong right)={score:.2f}"
     return _single(
         ctx, pool, tier_for(score, thresholds), score=score, confidence=confidence_for(score, thresholds), why=why
     )

@@ -978,12 +978,23 @@ async def test_a_stop_sequence_hit_is_reported_as_end_turn(api_key: str, upstrea
     )
 
 
-async def test_auto_routes_to_the_cheapest_model(api_key: str, upstream: FakeUpstream) -> None:
+async def test_auto_is_routed_by_the_organizations_strategy(api_key: str, upstream: FakeUpstream) -> None:
     reply = await post(message(model="auto"), key=api_key)
 
     assert reply.status == 200
+    # A greeting is easy: the cheapest economy model of the whole (fake-upstream-served) catalog.
     assert reply.headers["x-muxer-model"] == "fake-small"
-    assert reply.headers["x-muxer-route-reason"] == "auto:cheapest-capable"
+    assert reply.headers["x-muxer-route-reason"].startswith("hybrid: score ")
+    [row] = await usage_rows()
+    assert row.route_strategy == "hybrid"
+
+
+async def test_a_cascade_serves_only_its_first_step_here(api_key: str, upstream: FakeUpstream) -> None:
+    reply = await post(message(model="muxer/cascade"), key=api_key)
+
+    assert reply.status == 200
+    assert reply.headers["x-muxer-model"] == "fake-small"
+    assert reply.headers["x-muxer-route-reason"].endswith("first step only on /v1/messages")
 
 
 # --- tool use round trip -------------------------------------------------------------------

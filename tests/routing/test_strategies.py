@@ -35,6 +35,15 @@ HARD = (
 )
 
 
+@pytest.fixture(autouse=True)
+def thresholds(settings: SettingsWrapper) -> None:
+    """Tier boundaries of these tests' own, so they read plainly whatever the deployed defaults are."""
+    settings.MUXER_ROUTER_HEURISTIC_THRESHOLDS = (0.3, 0.6)
+    settings.MUXER_ROUTER_SEMANTIC_THRESHOLDS = (0.3, 0.5)
+    settings.MUXER_ROUTER_HYBRID_WEIGHTS = (0.3, 0.7)
+    settings.MUXER_ROUTER_HYBRID_BAND = (0.3, 0.5)
+
+
 class Scorer:
     """A semantic model that answers a fixed probability and remembers what it read."""
 
