@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 import pytest
-from asgiref.sync import sync_to_async
 from channels.testing import HttpCommunicator
 
 from accounts.models import Organization, User
@@ -282,6 +281,7 @@ async def route(body: Any, key: str | None, headers: list[tuple[bytes, bytes]] |
         all_headers.append((b"authorization", f"Bearer {key}".encode()))
     communicator = HttpCommunicator(application, "POST", "/v1/route", body=raw, headers=all_headers)
     response = await communicator.get_response(timeout=TIMEOUT)
+    await communicator.wait(timeout=TIMEOUT)
     return Reply(
         status=response["status"],
         headers={k.decode(): v.decode() for k, v in response["headers"]},
@@ -300,7 +300,7 @@ async def test_route_explains_a_decision_without_calling_a_provider(fake_key: st
     assert body["max_cost_usd"] == "0.5"
     assert Decimal(body["estimated_cost_usd"]) > 0
     assert (await upstream_stats(upstream))["requests"] == 0
-    assert await sync_to_async(UsageRecord.objects.count)() == 0
+    assert await in_thread(UsageRecord.objects.count) == 0
 
 
 async def test_route_refuses_bad_input_in_the_openai_shape(fake_key: str, upstream: FakeUpstream) -> None:

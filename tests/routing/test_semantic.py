@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from asgiref.sync import sync_to_async
 
 from accounts.models import Organization
 from routing.models import TrainedRouter
@@ -34,6 +33,7 @@ from routing.semantic import (
 from routing.semantic.features import compact_from_matrix
 from routing.semantic.model import Hyperparameters
 from tests.factories import OrganizationFactory
+from tests.routing.harness import in_thread
 
 from .router_data import as_arrays, labelled_rows, prompt_of
 
@@ -260,9 +260,9 @@ def test_routers_are_cached_until_forgotten(small_model: SemanticRouterModel) ->
 
 @pytest.mark.django_db(transaction=True)
 async def test_semantic_model_for_loads_in_a_worker_thread(small_model: SemanticRouterModel) -> None:
-    organization = await sync_to_async(OrganizationFactory.create)()
-    other = await sync_to_async(OrganizationFactory.create)()
-    await sync_to_async(_store_router)(organization, small_model)
+    organization = await in_thread(OrganizationFactory.create)
+    other = await in_thread(OrganizationFactory.create)
+    await in_thread(_store_router, organization, small_model)
     model = await semantic_model_for(organization.pk)
     assert model.version == "small-v1"
     assert await semantic_model_for(organization.pk) is model
