@@ -153,9 +153,12 @@ class CircuitBreaker:
             tripped = current.state != CLOSED or failures >= threshold or force_open
             self._memory[key] = BreakerState(OPEN if tripped else CLOSED, failures, now if tripped else 0.0)
             state_name = self._memory[key].state
-        self._cache.pop(key, None)
         if state_name == OPEN:
+            # Remember it opened, so routers (which do no I/O) steer around it from the next request on.
+            self._cache[key] = (time.monotonic(), BreakerState(OPEN, threshold, now))
             self._windows.pop(key, None)
+        else:
+            self._cache.pop(key, None)
 
     async def _reset(self, key: str) -> None:
         if settings.REDIS_URL:
@@ -187,8 +190,8 @@ class CircuitBreaker:
 
 
 class LatencyTracker:
-    """Each model's recent time to a complete answer in this process (exponentially weighted), for the speed
-    preference."""
+    """Each model's recent response time in this process (exponentially weighted), for the speed preference:
+    until the whole answer for a plain call, until the first chunk for a stream."""
 
     def __init__(self, weight: float = 0.2) -> None:
         self.weight = weight

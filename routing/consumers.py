@@ -312,6 +312,7 @@ class RoutedConsumer(GatewayConsumer):
             call_timeouts.set(model.call_timeouts)
             for attempt in range(settings.MUXER_RETRY_ATTEMPTS_PER_MODEL):
                 self.attempts += 1
+                attempt_started = time.perf_counter()
                 try:
                     result = await start(model)
                 except ProviderError as error:
@@ -331,7 +332,7 @@ class RoutedConsumer(GatewayConsumer):
                     await asyncio.sleep(delay)
                 else:
                     await breaker.record(model, ok=True)
-                    latency.record(model, (time.perf_counter() - self.started) * 1000)
+                    latency.record(model, (time.perf_counter() - attempt_started) * 1000)
                     return model, result
             if time.monotonic() > deadline:
                 break

@@ -18,9 +18,10 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from billing.models import UsageStatus
 from providers.catalog import get_catalog
 from providers.models import Model, Provider
-from providers.resilience import CLOSED, OPEN, CircuitBreaker, breaker, breaker_key
+from providers.resilience import CLOSED, OPEN, CircuitBreaker, LatencyTracker, breaker, breaker_key
 from tests.conftest import FakeUpstream
 from tests.routing.harness import chat, data_chunks, in_thread, post, sse_events, upstream_stats, usage_rows
+from tests.routing.test_selection import model as catalog_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -202,6 +203,32 @@ async def test_a_half_open_probe_that_succeeds_closes_the_circuit(
     assert model is not None
     fresh = CircuitBreaker()
     assert (await fresh._load(breaker_key(model))).state == CLOSED
+
+
+async def test_routing_passes_over_a_model_whose_circuit_is_open(
+    api_key: str, upstream: FakeUpstream, touchy_breaker: None
+) -> None:
+    await post(chat("[fake status=503 model=fake-small] hi"), key=api_key)
+    upstream.reset()
+
+    reply = await post(chat("hi", model="auto"), key=api_key)
+
+    # The router itself chose another economy model: no call went to fake-small and none failed over.
+    assert reply.status == 200
+    assert reply.headers["x-muxer-model"] != "fake-small"
+    assert "fallback-from" not in reply.headers["x-muxer-route-reason"]
+    assert (await upstream_stats(upstream))["requests"] == 1
+
+
+def test_the_latency_tracker_keeps_a_weighted_average_per_model() -> None:
+    tracker = LatencyTracker(weight=0.5)
+    seen, unseen = catalog_model("seen", "1"), catalog_model("unseen", "1")
+
+    tracker.record(seen, 100.0)
+    tracker.record(seen, 300.0)
+
+    assert tracker.get(seen) == 200.0
+    assert tracker.get(unseen) is None
 
 
 async def test_the_error_rate_trips_the_breaker(
