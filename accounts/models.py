@@ -77,6 +77,20 @@ class Organization(models.Model):
     routing_preference = models.CharField(
         max_length=16, choices=RoutingPreference.choices, default=RoutingPreference.COST
     )
+    timezone = models.CharField(
+        max_length=64, default="UTC", help_text="IANA time zone; budget periods follow its calendar."
+    )
+    max_output_tokens_cap = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Output tokens assumed for a request without max_tokens when reserving budget; "
+        "blank takes the model's maximum.",
+    )
+    alert_email = models.EmailField(blank=True, help_text="Where budget alerts are emailed; blank: the owners.")
+    webhook_url = models.URLField(blank=True, help_text="Budget alerts are POSTed here, signed.")
+    webhook_secret = models.CharField(
+        max_length=128, blank=True, help_text="HMAC-SHA256 key for the X-Muxer-Signature header."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
