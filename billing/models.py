@@ -40,6 +40,12 @@ class UsageRecord(models.Model):
     prompt_features = models.JSONField(
         null=True, blank=True, help_text="The router's hashed features of the prompt (no text), for retraining."
     )
+    complexity = models.FloatField(
+        null=True, blank=True, help_text="The heuristic router's score of the prompt (0 easy .. 1 hard)."
+    )
+    request_fingerprint = models.CharField(
+        max_length=64, blank=True, help_text="SHA-256 of the request as a cache would key it; equal for duplicates."
+    )
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:

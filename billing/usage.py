@@ -59,6 +59,8 @@ class UsageEvent(TypedDict):
     route_strategy: NotRequired[str]
     route_reason: NotRequired[str]
     prompt_features: NotRequired[list[list[float]] | None]
+    complexity: NotRequired[float | None]
+    request_fingerprint: NotRequired[str]
 
 
 def usage_write_batch(events: list[UsageEvent]) -> int:
@@ -89,6 +91,8 @@ def usage_write_batch(events: list[UsageEvent]) -> int:
             route_strategy=e.get("route_strategy", ""),
             route_reason=e.get("route_reason", "")[:255],
             prompt_features=e.get("prompt_features"),
+            complexity=e.get("complexity"),
+            request_fingerprint=e.get("request_fingerprint", ""),
             created_at=datetime.fromtimestamp(e["created_at"], tz=UTC),
         )
         for e in events
