@@ -3,7 +3,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from .models import Model, Provider, ProviderCredential
+from .models import Model, ModelPrice, Provider, ProviderCredential
 from .resilience import open_circuits
 
 
@@ -13,9 +13,22 @@ class ProviderAdmin(admin.ModelAdmin[Provider]):
     list_editable = ["enabled"]
 
 
+class ModelPriceInline(admin.TabularInline[ModelPrice, Model]):
+    """Dated prices: the newest already in effect is charged; the model's own fields when none is."""
+
+    model = ModelPrice
+    extra = 0
+    fields = ["effective_from", "input_price_per_mtok_usd", "output_price_per_mtok_usd",
+              "cached_input_price_per_mtok_usd", "source", "created_at"]  # fmt: skip
+    readonly_fields = ["created_at"]
+    ordering = ["-effective_from"]
+
+
 @admin.register(Model)
 class ModelAdmin(admin.ModelAdmin[Model]):
     """The catalog, with each model's circuit breaker state (shared by every gateway instance)."""
+
+    inlines = [ModelPriceInline]
 
     list_display = [
         "name", "provider", "kind", "quality_tier", "input_price_per_mtok_usd", "output_price_per_mtok_usd",

@@ -17,10 +17,12 @@ from decimal import Decimal
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.models import Prefetch
+from django.utils import timezone
 
 from muxer_project.singleflight import SingleFlight
 
-from .models import Model, ModelKind
+from .models import Model, ModelKind, ModelPrice
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +96,20 @@ def _load_in_worker() -> Catalog:
 
 
 def _load() -> Catalog:
-    rows = Model.objects.filter(enabled=True, provider__enabled=True).select_related("provider").order_by("name")
+    # Two queries: the models with their providers, and every price already in
+    # effect, newest first. A price dated later is picked up by the first reload
+    # after it arrives (within MUXER_CATALOG_CACHE_SECONDS).
+    in_effect = ModelPrice.objects.filter(effective_from__lte=timezone.now()).order_by("model_id", "-effective_from")
+    rows = (
+        Model.objects.filter(enabled=True, provider__enabled=True)
+        .select_related("provider")
+        .prefetch_related(Prefetch("prices", queryset=in_effect, to_attr="prices_in_effect"))
+        .order_by("name")
+    )
     entries: dict[str, CatalogModel] = {}
     for row in rows:
         provider = row.provider
+        price: Model | ModelPrice = row.prices_in_effect[0] if row.prices_in_effect else row
         base_url = os.environ.get(f"MUXER_{provider.slug.upper()}_BASE_URL") or provider.base_url
         credential = os.environ.get(provider.api_key_env) if provider.api_key_env else ""
         entries[row.name] = CatalogModel(
@@ -107,9 +119,9 @@ def _load() -> Catalog:
             wire_format=provider.wire_format,
             base_url=base_url.rstrip("/"),
             credential=credential,
-            input_price_per_mtok_usd=row.input_price_per_mtok_usd,
-            output_price_per_mtok_usd=row.output_price_per_mtok_usd,
-            cached_input_price_per_mtok_usd=row.cached_input_price_per_mtok_usd,
+            input_price_per_mtok_usd=price.input_price_per_mtok_usd,
+            output_price_per_mtok_usd=price.output_price_per_mtok_usd,
+            cached_input_price_per_mtok_usd=price.cached_input_price_per_mtok_usd,
             context_window=row.context_window,
             max_output_tokens=row.max_output_tokens,
             supports_streaming=row.supports_streaming,

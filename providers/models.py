@@ -80,6 +80,42 @@ class Model(models.Model):
         return self.name
 
 
+class ModelPrice(models.Model):
+    """A model's price in USD per one million tokens from ``effective_from`` until the next one.
+
+    The catalog charges the newest price already in effect, or the model's own
+    fields when none is. A price dated in the future takes effect when it
+    arrives; usage rows keep the cost they were charged, so history never moves.
+    """
+
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="prices")
+    effective_from = models.DateTimeField()
+    input_price_per_mtok_usd = models.DecimalField(max_digits=12, decimal_places=6)
+    output_price_per_mtok_usd = models.DecimalField(max_digits=12, decimal_places=6)
+    cached_input_price_per_mtok_usd = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="Blank: cached input costs the input price."
+    )
+    source = models.URLField(blank=True, help_text="Where the price was published.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "effective_from"], name="model_price_unique_effective_from"),
+            models.CheckConstraint(
+                condition=models.Q(input_price_per_mtok_usd__gte=0, output_price_per_mtok_usd__gte=0)
+                & (
+                    models.Q(cached_input_price_per_mtok_usd__isnull=True)
+                    | models.Q(cached_input_price_per_mtok_usd__gte=0)
+                ),
+                name="model_price_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+
 class ProviderCredential(models.Model):
     """An organization's own key for a provider (BYOK), encrypted at rest with Fernet.
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from pytest_django.fixtures import Settings as SettingsWrapper
+
 from billing.pricing import cost_usd
 from providers.adapters.base import Usage
-from providers.catalog import CatalogModel
+from providers.catalog import CatalogModel, forget_catalog, get_catalog_sync
+from providers.models import Model, ModelPrice
+from tests.conftest import FakeUpstream
+from tests.routing.conftest import _close_loop_clients, usage_stream  # noqa: F401 - the proxy harness's fixtures
+from tests.routing.harness import chat, in_thread, post, usage_rows
 
 
 def priced(input_price: str, output_price: str, cached_price: str | None = None) -> CatalogModel:
@@ -114,3 +124,128 @@ def test_large_volumes_stay_exact() -> None:
     # 100,000,000 x 15 + 23,456,789 x 1.5 + 98,765,432 x 75 = 8,942,592,583.5 micro-dollars
     assert cost_usd(model, usage) == Decimal("8942592583.5") / Decimal(1_000_000)
     assert format(cost_usd(model, usage), "f") == "8942.5925835000"
+
+
+# --- dated prices: the catalog charges the price in effect ---------------------
+
+
+def add_price(
+    name: str, effective_from: datetime, input_price: str, output_price: str, cached: str | None = None
+) -> ModelPrice:
+    return ModelPrice.objects.create(
+        model=Model.objects.get(name=name),
+        effective_from=effective_from,
+        input_price_per_mtok_usd=Decimal(input_price),
+        output_price_per_mtok_usd=Decimal(output_price),
+        cached_input_price_per_mtok_usd=None if cached is None else Decimal(cached),
+        source="https://example.com/pricing",
+    )
+
+
+def prices_of(name: str) -> tuple[Decimal, Decimal, Decimal | None]:
+    forget_catalog()
+    model = get_catalog_sync().models[name]
+    return (model.input_price_per_mtok_usd, model.output_price_per_mtok_usd, model.cached_input_price_per_mtok_usd)
+
+
+@pytest.mark.django_db
+def test_without_dated_prices_the_catalog_charges_the_models_own_list_price(catalog: None) -> None:
+    # gpt-4o-mini's seeded list price.
+    assert prices_of("gpt-4o-mini") == (Decimal("0.15"), Decimal("0.60"), Decimal("0.075"))
+
+
+@pytest.mark.django_db
+def test_the_newest_price_already_in_effect_is_charged(catalog: None) -> None:
+    now = timezone.now()
+    add_price("gpt-4o-mini", now - timedelta(days=30), "0.20", "0.80", "0.10")
+    add_price("gpt-4o-mini", now - timedelta(days=1), "0.12", "0.48")
+    add_price("gpt-4o-mini", now + timedelta(days=1), "9", "9", "9")
+
+    # The one from yesterday: no cached price, so cached input costs the input price.
+    assert prices_of("gpt-4o-mini") == (Decimal("0.12"), Decimal("0.48"), None)
+    # Other models keep their own.
+    assert prices_of("gpt-4o")[:2] == (Decimal("2.5"), Decimal("10"))
+
+
+@pytest.mark.django_db
+def test_a_price_dated_in_the_future_is_not_charged_yet(catalog: None) -> None:
+    add_price("gpt-4o-mini", timezone.now() + timedelta(hours=1), "9", "9")
+
+    assert prices_of("gpt-4o-mini") == (Decimal("0.15"), Decimal("0.60"), Decimal("0.075"))
+
+
+@pytest.mark.django_db
+def test_a_scheduled_price_takes_effect_when_it_arrives(
+    catalog: None, settings: SettingsWrapper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.MUXER_CATALOG_CACHE_SECONDS = 60
+    start = timezone.now()
+    add_price("gpt-4o-mini", start + timedelta(hours=1), "0.30", "1.20", "0.15")
+    assert get_catalog_sync().models["gpt-4o-mini"].input_price_per_mtok_usd == Decimal("0.15")
+
+    monkeypatch.setattr(timezone, "now", lambda: start + timedelta(hours=1, seconds=1))
+    # Within MUXER_CATALOG_CACHE_SECONDS the process keeps its snapshot...
+    assert get_catalog_sync().models["gpt-4o-mini"].input_price_per_mtok_usd == Decimal("0.15")
+    # ...and the next reload charges the new price.
+    settings.MUXER_CATALOG_CACHE_SECONDS = 0
+    assert get_catalog_sync().models["gpt-4o-mini"].input_price_per_mtok_usd == Decimal("0.30")
+
+
+@pytest.mark.django_db
+def test_loading_the_catalog_takes_two_queries_however_many_prices(
+    catalog: None, django_assert_num_queries: Any
+) -> None:
+    now = timezone.now()
+    for name in ("gpt-4o-mini", "gpt-4o", "fake-small", "fake-large"):
+        for days in (1, 10, 100):
+            add_price(name, now - timedelta(days=days), str(days), str(days))
+    forget_catalog()
+
+    with django_assert_num_queries(2):
+        loaded = get_catalog_sync()
+
+    assert loaded.models["fake-large"].input_price_per_mtok_usd == Decimal(1)
+    assert len(loaded.models) > 4
+
+
+@pytest.mark.django_db
+def test_two_prices_for_one_model_cannot_share_a_start(catalog: None) -> None:
+    when = timezone.now()
+    add_price("fake-small", when, "1", "1")
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        add_price("fake-small", when, "2", "2")
+
+
+@pytest.mark.django_db
+def test_cost_at_the_price_in_effect_bills_cached_and_reasoning_tokens(catalog: None) -> None:
+    add_price("gpt-4o-mini", timezone.now() - timedelta(minutes=1), "0.20", "0.80", "0.05")
+    forget_catalog()
+    model = get_catalog_sync().models["gpt-4o-mini"]
+    usage = Usage(input_tokens=1_000, output_tokens=500, cached_input_tokens=400, reasoning_tokens=300)
+
+    # 600 x 0.20 + 400 x 0.05 + 500 x 0.80 = 120 + 20 + 400 = 540 micro-dollars; reasoning is inside the 500.
+    assert cost_usd(model, usage) == Decimal("0.000540")
+
+
+# --- through the proxy: a served request keeps the price it was charged ------------
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_past_record_keeps_its_cost_after_a_new_price_takes_effect(
+    api_key: str, upstream: FakeUpstream
+) -> None:
+    first = await post(chat(model="fake-small"), key=api_key)
+    assert first.status == 200
+    # 4 prompt tokens at $0.01/M + 5 completion tokens at $0.02/M.
+    assert first.headers["x-muxer-cost-usd"] == "0.0000001400"
+
+    await in_thread(add_price, "fake-small", timezone.now() - timedelta(seconds=1), "1.00", "3.00")
+    forget_catalog()
+    second = await post(chat(model="fake-small"), key=api_key)
+
+    # 4 x $1.00/M + 5 x $3.00/M = 19 micro-dollars.
+    assert second.headers["x-muxer-cost-usd"] == "0.0000190000"
+    old, new = await usage_rows()
+    assert (old.request_id, old.cost_usd) == (first.headers["x-request-id"], Decimal("0.0000001400"))
+    assert (new.request_id, new.cost_usd) == (second.headers["x-request-id"], Decimal("0.0000190000"))
