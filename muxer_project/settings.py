@@ -238,6 +238,11 @@ MUXER_CASCADE_ACCEPT_SCORE = env.float("MUXER_CASCADE_ACCEPT_SCORE", default=0.6
 # and the fewest a cost cap must leave room for.
 MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS = env.int("MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS", default=512)
 MUXER_ROUTER_MIN_OUTPUT_TOKENS = env.int("MUXER_ROUTER_MIN_OUTPUT_TOKENS", default=64)
+# --- Budgets (billing/budgets.py) ---
+# How long a process trusts its copy of an organization's budgets; changes apply within this.
+MUXER_BUDGET_CACHE_SECONDS = env.float("MUXER_BUDGET_CACHE_SECONDS", default=2.0)
+# A reservation a crashed worker never settled is released after this; longer than any request.
+MUXER_BUDGET_RESERVATION_SECONDS = env.int("MUXER_BUDGET_RESERVATION_SECONDS", default=900)
 # Redis stream that carries usage events from the proxy to the usage writer.
 MUXER_USAGE_STREAM = env.str("MUXER_USAGE_STREAM", default="muxer:usage")
 

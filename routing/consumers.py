@@ -25,6 +25,14 @@ from channels.consumer import AsyncConsumer
 from django.conf import settings
 
 from accounts.auth import KeyIdentity, authenticate
+from billing.budgets import (
+    Reservation,
+    organization_budgets,
+    reserve,
+    settle,
+    worst_case_cost,
+    worst_case_input_tokens,
+)
 from billing.pricing import cost_usd
 from billing.tokens import estimate_prompt_tokens, estimate_text_tokens
 from billing.usage import UsageEvent, usage_emit
@@ -38,6 +46,7 @@ from providers.resilience import backoff_seconds, breaker, counts_against_provid
 from .cascade import AnswerScore, score_answer
 from .schema import (
     ChatRequest,
+    EmbeddingRequest,
     RoutingOptions,
     parse_chat_request,
     parse_embedding_request,
@@ -285,6 +294,9 @@ class RoutedConsumer(GatewayConsumer):
     # The step of a cascade that is running (1 otherwise), and the route, for the usage records.
     step = 1
     route: RouteDecision | None = None
+    # The budget hold for this request, and the organization's cap on answer length (None: the model's).
+    reservation: Reservation | None = None
+    output_cap: int | None = None
 
     async def _call_route(
         self,
@@ -364,7 +376,7 @@ class RoutedConsumer(GatewayConsumer):
             "cached_input_tokens": usage.cached_input_tokens,
             "reasoning_tokens": usage.reasoning_tokens,
             "usage_estimated": usage.estimated,
-            "cost_usd": format(cost_usd(model, usage), "f"),
+            "cost_usd": format(self._charge(model, usage), "f"),
             "latency_ms": self.elapsed_ms(),
             "status": status,
             "http_status": http_status,
@@ -376,6 +388,81 @@ class RoutedConsumer(GatewayConsumer):
             "route_reason": self.route.reason if self.route is not None else "",
             "prompt_features": self.route.prompt_features if self.route is not None else None,
         }
+
+    def _charge(self, model: CatalogModel, usage: Usage) -> Decimal:
+        """The cost of one attempt, counted against the request's budget hold."""
+        cost = cost_usd(model, usage)
+        if self.reservation is not None:
+            self.reservation.charge(model.name, cost)
+        return cost
+
+    async def hold_budget(
+        self,
+        identity: KeyIdentity,
+        payload: dict[str, Any],
+        *,
+        alternatives: tuple[CatalogModel, ...],
+        steps: tuple[CatalogModel, ...] = (),
+        max_output_tokens: int | None = None,
+        max_cost_usd: Decimal | None = None,
+    ) -> None:
+        """Reserve the request's worst case against the budgets that apply (or refuse it with a 429).
+
+        ``alternatives`` are models of which one answers (a model and its fallbacks):
+        the worst case is the dearest. ``steps`` are further models that may all be
+        billed (a cascade's escalations). A cost cap bounds the whole.
+        """
+        found = await organization_budgets(identity.organization_id)
+        self.output_cap = found.max_output_tokens_cap
+        if not found.rules:
+            return
+        input_tokens = worst_case_input_tokens(payload)
+
+        def worst(model: CatalogModel) -> Decimal:
+            output = max_output_tokens or min(self.output_cap or model.max_output_tokens, model.max_output_tokens)
+            cost = worst_case_cost(model, input_tokens, output)
+            return cost if max_cost_usd is None else min(cost, max_cost_usd)
+
+        costs = {m.name: worst(m) for m in (*alternatives, *steps)}
+        total = max(costs[m.name] for m in alternatives) + sum((costs[m.name] for m in steps), Decimal(0))
+        if max_cost_usd is not None:
+            total = min(total, max_cost_usd)
+        self.reservation = await reserve(
+            rules=found.rules,
+            team_id=identity.team_id,
+            api_key_id=identity.key_id,
+            user_id=identity.user_id,
+            costs=costs,
+            total=total,
+        )
+
+    def payload_for(self, request: ChatRequest, model: CatalogModel, spent: Decimal = Decimal(0)) -> dict[str, Any]:
+        """The body for ``model``: under a cost cap, with the max_tokens that keeps this call within what is left."""
+        route = self.route
+        if request.max_output_tokens is not None:
+            return request.payload
+        if route is None or route.max_cost_usd is None:
+            if self.output_cap is None:
+                return request.payload
+            # The organization's cap is what the budget hold assumed; the provider must not write more.
+            return {**request.payload, "max_tokens": min(self.output_cap, model.max_output_tokens)}
+        bound = capped_output_tokens(
+            model, estimate_prompt_tokens(request.payload["messages"]), route.max_cost_usd - spent, None
+        )
+        if bound is None:
+            raise ProviderError(
+                f"'{model.name}' cannot answer within what is left of the cost cap.",
+                status=400,
+                retryable=False,
+                code="cost_cap_exceeded",
+            )
+        if self.output_cap is not None:
+            bound = min(bound, self.output_cap)
+        return {**request.payload, "max_tokens": bound}
+
+    async def settle_budget(self) -> None:
+        if self.reservation is not None:
+            await settle(self.reservation)
 
     async def _record_failure(
         self, identity: KeyIdentity, model: CatalogModel, error: ProviderError, *, stream: bool
@@ -399,11 +486,14 @@ class RoutedConsumer(GatewayConsumer):
 
     def _route_headers(self, model: CatalogModel, route: RouteDecision) -> Headers:
         reason = route.reason if model is route.model else f"{route.reason};fallback-from={route.model.name}"
-        return [
+        headers = [
             *_muxer_headers(model, reason),
             (b"x-muxer-strategy", route.strategy.encode()),
             (b"x-muxer-attempts", str(self.attempts).encode()),
         ]
+        if self.reservation is not None and self.reservation.left_usd is not None:
+            headers.append((b"x-muxer-budget-remaining", f"{self.reservation.left_usd:.10f}".encode()))
+        return headers
 
 
 class ChatCompletionsConsumer(RoutedConsumer):
@@ -430,12 +520,23 @@ class ChatCompletionsConsumer(RoutedConsumer):
         if scorer is not None:
             route = replace(route, prompt_features=scorer.compact(prompt_text(request)))
         self.route = route
-        if route.escalations:
-            await self._cascade(identity, request, route)
-        elif request.stream:
-            await self._stream(identity, request, route)
-        else:
-            await self._complete(identity, request, route)
+        await self.hold_budget(
+            identity,
+            request.payload,
+            alternatives=route.chain,
+            steps=route.escalations,
+            max_output_tokens=request.max_output_tokens,
+            max_cost_usd=route.max_cost_usd,
+        )
+        try:
+            if route.escalations:
+                await self._cascade(identity, request, route)
+            elif request.stream:
+                await self._stream(identity, request, route)
+            else:
+                await self._complete(identity, request, route)
+        finally:
+            await self.settle_budget()
 
     def routing_options(self) -> RoutingOptions:
         """The routing headers: ``X-Muxer-Strategy`` and ``X-Muxer-Max-Cost`` (USD)."""
@@ -445,23 +546,6 @@ class ChatCompletionsConsumer(RoutedConsumer):
             strategy=None if strategy is None else parse_strategy(strategy.strip(), param="X-Muxer-Strategy"),
             max_cost_usd=None if max_cost is None else parse_max_cost(max_cost, param="X-Muxer-Max-Cost"),
         )
-
-    def payload_for(self, request: ChatRequest, model: CatalogModel, spent: Decimal = Decimal(0)) -> dict[str, Any]:
-        """The body for ``model``: under a cost cap, with the max_tokens that keeps this call within what is left."""
-        route = self.route
-        if route is None or route.max_cost_usd is None or request.max_output_tokens is not None:
-            return request.payload
-        bound = capped_output_tokens(
-            model, estimate_prompt_tokens(request.payload["messages"]), route.max_cost_usd - spent, None
-        )
-        if bound is None:
-            raise ProviderError(
-                f"'{model.name}' cannot answer within what is left of the cost cap.",
-                status=400,
-                retryable=False,
-                code="cost_cap_exceeded",
-            )
-        return {**request.payload, "max_tokens": bound}
 
     async def _call_chat(
         self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision, spent: Decimal = Decimal(0)
@@ -725,7 +809,13 @@ class EmbeddingsConsumer(RoutedConsumer):
             catalog=catalog_for(catalog, identity.organization_id, own_keys), identity=identity, name=request.model
         )
         route = RouteDecision(model=model, reason="explicit")
+        await self.hold_budget(identity, {"messages": [{"content": t} for t in request.texts]}, alternatives=(model,))
+        try:
+            await self._embed(identity, request, route)
+        finally:
+            await self.settle_budget()
 
+    async def _embed(self, identity: KeyIdentity, request: EmbeddingRequest, route: RouteDecision) -> None:
         async def start(target: CatalogModel) -> EmbeddingResult:
             adapter = adapter_for(target)
             assert adapter is not None

@@ -713,10 +713,20 @@ class MessagesConsumer(RoutedConsumer):
         if scorer is not None:
             route = replace(route, prompt_features=scorer.compact(prompt_text(request)))
         self.route = route
-        if request.stream:
-            await self._stream(identity, request, route)
-        else:
-            await self._complete(identity, request, route)
+        await self.hold_budget(
+            identity,
+            request.payload,
+            alternatives=route.chain,
+            max_output_tokens=request.max_output_tokens,
+            max_cost_usd=route.max_cost_usd,
+        )
+        try:
+            if request.stream:
+                await self._stream(identity, request, route)
+            else:
+                await self._complete(identity, request, route)
+        finally:
+            await self.settle_budget()
 
     def _authorization(self) -> str:
         """The key as an Authorization header value: the SDKs send ``x-api-key``; Bearer works too."""
@@ -745,7 +755,7 @@ class MessagesConsumer(RoutedConsumer):
         async def start(model: CatalogModel) -> ChatResult:
             adapter = adapter_for(model)
             assert adapter is not None
-            return await adapter.chat(model, request.payload)
+            return await adapter.chat(model, self.payload_for(request, model))
 
         upstream_started = time.perf_counter()
         model, result = await self._call_route(identity, route, start, stream=False)
@@ -766,7 +776,7 @@ class MessagesConsumer(RoutedConsumer):
         async def start(model: CatalogModel) -> OpenedStream:
             adapter = adapter_for(model)
             assert adapter is not None
-            return await open_stream(adapter.stream(model, request.payload))
+            return await open_stream(adapter.stream(model, self.payload_for(request, model)))
 
         model, opened = await self._call_route(identity, route, start, stream=True)
         stream, chunks = opened.stream, opened.chunks

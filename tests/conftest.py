@@ -24,6 +24,7 @@ from django.db import connection
 
 from accounts.auth import forget_cached_keys
 from accounts.models import Organization, Role, User
+from billing.budgets import forget_budget_state
 from muxer_project.redis import sync_redis
 from providers.catalog import forget_catalog
 from providers.credentials import forget_organization_keys
@@ -68,6 +69,7 @@ def _forget_process_state() -> None:
     forget_organization_keys()
     breaker.forget()
     latency.forget()
+    forget_budget_state()
     if settings.REDIS_URL:
         client = sync_redis()
         stale = [*client.scan_iter(match="muxer:cb*", count=1000)]
