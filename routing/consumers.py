@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
@@ -57,8 +58,11 @@ from .schema import (
 from .selection import PromptScore, RouteDecision, prompt_text, select_embedding_model, select_route
 from .semantic import semantic_model_for
 from .strategies.base import capped_output_tokens
+from .strategies.heuristic import assess
 
 logger = logging.getLogger(__name__)
+# Fields that do not change an answer: two requests differing only in these would share a cached response.
+FINGERPRINT_IGNORES = frozenset({"stream", "stream_options", "user", "metadata", "store", "safety_identifier"})
 T = TypeVar("T")
 
 JSON = b"application/json"
@@ -297,6 +301,9 @@ class RoutedConsumer(GatewayConsumer):
     # The budget hold for this request, and the organization's cap on answer length (None: the model's).
     reservation: Reservation | None = None
     output_cap: int | None = None
+    # For savings reports: the heuristic's score of the prompt, and a hash of the request as a cache keys it.
+    complexity: float | None = None
+    fingerprint = ""
 
     async def _call_route(
         self,
@@ -387,6 +394,8 @@ class RoutedConsumer(GatewayConsumer):
             "route_strategy": self.route.strategy if self.route is not None else "",
             "route_reason": self.route.reason if self.route is not None else "",
             "prompt_features": self.route.prompt_features if self.route is not None else None,
+            "complexity": self.complexity,
+            "request_fingerprint": self.fingerprint,
         }
 
     def _charge(self, model: CatalogModel, usage: Usage) -> Decimal:
@@ -460,6 +469,23 @@ class RoutedConsumer(GatewayConsumer):
             bound = min(bound, self.output_cap)
         return {**request.payload, "max_tokens": bound}
 
+    def describe_request(self, request: ChatRequest, route: RouteDecision) -> None:
+        """Note the prompt's complexity (the router's, or the heuristic's now) and the request's fingerprint."""
+        if route.complexity is not None:
+            self.complexity = route.complexity
+        else:
+            self.complexity = assess(
+                prompt_text(request),
+                prompt_tokens=estimate_prompt_tokens(request.payload["messages"]),
+                turns=len(request.payload["messages"]),
+                has_tools=request.has_tools,
+                has_images=request.has_images,
+                wants_json=request.wants_json,
+            ).score
+        cacheable = {k: v for k, v in request.payload.items() if k not in FINGERPRINT_IGNORES}
+        cacheable["model"] = request.model
+        self.fingerprint = hashlib.sha256(orjson.dumps(cacheable, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
     async def settle_budget(self) -> None:
         if self.reservation is not None:
             await settle(self.reservation)
@@ -520,6 +546,7 @@ class ChatCompletionsConsumer(RoutedConsumer):
         if scorer is not None:
             route = replace(route, prompt_features=scorer.compact(prompt_text(request)))
         self.route = route
+        self.describe_request(request, route)
         await self.hold_budget(
             identity,
             request.payload,

@@ -713,6 +713,7 @@ class MessagesConsumer(RoutedConsumer):
         if scorer is not None:
             route = replace(route, prompt_features=scorer.compact(prompt_text(request)))
         self.route = route
+        self.describe_request(request, route)
         await self.hold_budget(
             identity,
             request.payload,

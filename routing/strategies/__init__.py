@@ -108,9 +108,10 @@ def _heuristic_assessment(ctx: RoutingContext) -> tuple[float, str]:
 def heuristic(ctx: RoutingContext, pool: list[CatalogModel]) -> RouteDecision:
     score, why = _heuristic_assessment(ctx)
     thresholds = shifted(settings.MUXER_ROUTER_HEURISTIC_THRESHOLDS, ctx.preference)
-    return _single(
+    decision = _single(
         ctx, pool, tier_for(score, thresholds), score=score, confidence=confidence_for(score, thresholds), why=why
     )
+    return replace(decision, complexity=score)
 
 
 def semantic(ctx: RoutingContext, pool: list[CatalogModel]) -> RouteDecision:
@@ -138,11 +139,12 @@ def hybrid(ctx: RoutingContext, pool: list[CatalogModel]) -> RouteDecision:
     low, high = shifted(settings.MUXER_ROUTER_HYBRID_BAND, ctx.preference)
     why = f"score {score:.2f} = heuristic {h_why} + semantic p={s_score:.2f}"
     if score < low:
-        return _single(ctx, pool, 1, score=score, confidence=confidence_for(score, (low, high)), why=why)
-    if score >= high:
-        return _single(ctx, pool, TOP_TIER, score=score, confidence=confidence_for(score, (low, high)), why=why)
-    decision = _cascade(ctx, pool, max(1, ctx.quality_floor), score=score, why=why + " is uncertain")
-    return decision
+        decision = _single(ctx, pool, 1, score=score, confidence=confidence_for(score, (low, high)), why=why)
+    elif score >= high:
+        decision = _single(ctx, pool, TOP_TIER, score=score, confidence=confidence_for(score, (low, high)), why=why)
+    else:
+        decision = _cascade(ctx, pool, max(1, ctx.quality_floor), score=score, why=why + " is uncertain")
+    return replace(decision, complexity=h_score)
 
 
 STRATEGIES: dict[str, Callable[[RoutingContext, list[CatalogModel]], RouteDecision]] = {

@@ -54,6 +54,8 @@ class RouteDecision:
     # The request's cost cap, which bounds every attempt together (fallbacks and cascade steps).
     max_cost_usd: Decimal | None = None
     prompt_features: list[list[float]] | None = None
+    # The heuristic's score of the prompt, when the router computed it.
+    complexity: float | None = None
 
     @property
     def provider(self) -> str:

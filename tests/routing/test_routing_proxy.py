@@ -311,3 +311,22 @@ async def test_route_refuses_bad_input_in_the_openai_shape(fake_key: str, upstre
     assert (missing.status, missing.json()["error"]["param"]) == (400, "messages")
     assert (unknown.status, unknown.json()["error"]["code"]) == (404, "model_not_found")
     assert anonymous.status == 401
+
+
+# --- what usage records keep for savings reports -----------------------------------------------
+
+
+async def test_usage_rows_keep_the_prompts_complexity_and_a_request_fingerprint(
+    fake_key: str, upstream: FakeUpstream
+) -> None:
+    await post(chat("hi, thanks", model="fake-small"), key=fake_key)
+    await post(chat("hi, thanks", model="fake-small", stream=True, user="someone"), key=fake_key)
+    await post(chat(HARD, model="fake-small"), key=fake_key)
+
+    first, again, hard = sorted(await usage_rows(), key=lambda r: r.id)
+    assert first.request_fingerprint == again.request_fingerprint  # a cache would have answered the second
+    assert len(first.request_fingerprint) == 64
+    assert hard.request_fingerprint != first.request_fingerprint
+    assert first.complexity is not None
+    assert hard.complexity is not None
+    assert first.complexity < 0.1 < 0.8 < hard.complexity
