@@ -12,6 +12,7 @@ from pathlib import Path
 
 import django_stubs_ext
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 # Lets generic classes such as ModelAdmin[T] be subscripted at run time.
@@ -245,6 +246,17 @@ MUXER_BUDGET_CACHE_SECONDS = env.float("MUXER_BUDGET_CACHE_SECONDS", default=2.0
 MUXER_BUDGET_RESERVATION_SECONDS = env.int("MUXER_BUDGET_RESERVATION_SECONDS", default=900)
 # Redis stream that carries usage events from the proxy to the usage writer.
 MUXER_USAGE_STREAM = env.str("MUXER_USAGE_STREAM", default="muxer:usage")
+# --- Usage rollups and retention (billing/rollups.py) ---
+# Raw usage records are deleted after this many days, once the daily rollups
+# count them all; older days are then answered from the rollups. 0 keeps them forever.
+MUXER_USAGE_RETENTION_DAYS = env.int("MUXER_USAGE_RETENTION_DAYS", default=90)
+# `celery -A muxer_project beat` runs these; workers load billing.rollups for them.
+CELERY_IMPORTS = ["billing.rollups"]
+CELERY_BEAT_SCHEDULE = {
+    # Today's rollups as the day goes, and yesterday's again for records written late.
+    "usage-rollup-recent": {"task": "billing.usage_rollup_recent", "schedule": crontab(minute=5)},
+    "usage-retention": {"task": "billing.usage_retention_apply", "schedule": crontab(hour=3, minute=30)},
+}
 
 # --- Logging ---------------------------------------------------------------
 LOGGING = {
