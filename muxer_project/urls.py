@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from accounts import api as accounts_api
+from billing import api as usage_api
 from providers import api as providers_api
 from routing import errors
 from routing import feedback as routing_feedback
@@ -36,6 +37,8 @@ urlpatterns = [
         providers_api.ProviderCredentialDetailView.as_view(),
         name="credential-detail",
     ),
+    path("api/orgs/<slug:org>/usage/", usage_api.UsageView.as_view(), name="usage"),
+    path("api/orgs/<slug:org>/usage/export.csv", usage_api.UsageExportView.as_view(), name="usage-export"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("admin/", admin.site.urls),
 ]
