@@ -9,7 +9,10 @@ transaction, so it can run as often as needed.
 Raw records older than ``MUXER_USAGE_RETENTION_DAYS`` are deleted, a day at a
 time and in batches, once that day's rollups count every one of them. From then
 on the rollups are the only record of the day, so a rebuild never replaces
-rollups with fewer requests than they already count.
+rollups with fewer requests than they already count. An organization's records
+within the current period of any of its budgets are kept whatever their age:
+the budgets' ledger (billing/budgets.py) sums them to rebuild its counters, so
+a yearly budget keeps the year, and a lifetime budget keeps everything.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
-from .models import UsageRecord, UsageRollup, UsageStatus
+from .models import Budget, UsageRecord, UsageRollup, UsageStatus
 
 logger = logging.getLogger(__name__)
 
@@ -119,40 +122,74 @@ def retention_cutoff(*, now: datetime | None = None) -> date | None:
 class RetentionResult:
     days: int = 0
     deleted: int = 0
+    # Organizations with records past the cutoff kept for a budget's current period.
+    held: int = 0
+
+
+def budget_periods_start(*, now: datetime) -> dict[int, datetime]:
+    """Per organization, the earliest start of any of its budgets' current period."""
+    from .budgets import period_bounds
+
+    starts: dict[int, datetime] = {}
+    for organization_id, period, tz_name in Budget.objects.values_list(
+        "organization_id", "period", "organization__timezone"
+    ):
+        start = period_bounds(period, tz_name, now)[0]
+        starts[organization_id] = min(start, starts.get(organization_id, start))
+    return starts
+
+
+def _kept_for_budgets(budgets_from: dict[int, datetime]) -> Q | None:
+    """Records a budget's current period still needs: one term per distinct period start, not per organization."""
+    by_start: dict[datetime, list[int]] = {}
+    for organization_id, since in budgets_from.items():
+        by_start.setdefault(since, []).append(organization_id)
+    kept = None
+    for since, organizations in by_start.items():
+        term = Q(organization_id__in=organizations, created_at__gte=since)
+        kept = term if kept is None else kept | term
+    return kept
 
 
 def usage_records_expire(*, now: datetime | None = None, batch_size: int = RETENTION_BATCH_SIZE) -> RetentionResult:
     """Delete raw usage records of the days before the retention cutoff, each day once its rollups count them all."""
-    cutoff = retention_cutoff(now=now)
+    moment = now or timezone.now()
+    cutoff = retention_cutoff(now=moment)
     if cutoff is None:
         return RetentionResult()
-    oldest = UsageRecord.objects.order_by("created_at").values_list("created_at", flat=True).first()
-    if oldest is None:
-        return RetentionResult()
+    before_cutoff = UsageRecord.objects.filter(created_at__lt=day_bounds(cutoff)[0])
+    kept = _kept_for_budgets(budget_periods_start(now=moment))
+    deletable = before_cutoff if kept is None else before_cutoff.exclude(kept)
     days = deleted = 0
-    day = oldest.astimezone(UTC).date()
-    while day < cutoff:
+    after: datetime | None = None
+    while True:
+        # Straight to the next day with something to delete.
+        remaining = deletable if after is None else deletable.filter(created_at__gte=after)
+        first = remaining.order_by("created_at").values_list("created_at", flat=True).first()
+        if first is None:
+            break
+        day = first.astimezone(UTC).date()
+        after = day_bounds(day)[1]
         raw = _raw_rows(day)
-        if raw:
-            # Records the rollups have not seen yet (written late, or never rolled up) are rolled up first.
-            if raw > _requests_counted(day):
-                usage_rollup_build(day=day)
-            if raw <= _requests_counted(day):
-                deleted += _delete_day(day, batch_size=batch_size)
-                days += 1
-            else:
-                logger.error("usage retention skipped %s: its rollups do not count all %d records", day, raw)
-        day += timedelta(days=1)
-    return RetentionResult(days=days, deleted=deleted)
+        # Records the rollups have not seen yet (written late, or never rolled up) are rolled up first.
+        if raw > _requests_counted(day):
+            usage_rollup_build(day=day)
+        if raw > _requests_counted(day):
+            logger.error("usage retention skipped %s: its rollups do not count all %d records", day, raw)
+            continue
+        deleted += _delete_day(deletable, day, batch_size=batch_size)
+        days += 1
+    held = 0 if kept is None else before_cutoff.filter(kept).values("organization_id").distinct().count()
+    return RetentionResult(days=days, deleted=deleted, held=held)
 
 
-def _delete_day(day: date, *, batch_size: int) -> int:
-    """Delete one day's records in batches, each its own short transaction."""
+def _delete_day(deletable: QuerySet[UsageRecord], day: date, *, batch_size: int) -> int:
+    """Delete one day's deletable records in batches, each its own short transaction."""
     start, end = day_bounds(day)
     deleted = 0
     while True:
         ids = list(
-            UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
+            deletable.filter(created_at__gte=start, created_at__lt=end)
             .order_by()
             .values_list("id", flat=True)[:batch_size]
         )
@@ -182,4 +219,4 @@ def usage_rollup_recent() -> dict[str, int]:
 def usage_retention_apply() -> dict[str, Any]:
     """Age out raw usage records past ``MUXER_USAGE_RETENTION_DAYS`` (0 keeps them forever)."""
     result = usage_records_expire()
-    return {"days": result.days, "deleted": result.deleted}
+    return {"days": result.days, "deleted": result.deleted, "held": result.held}

@@ -248,7 +248,8 @@ MUXER_BUDGET_RESERVATION_SECONDS = env.int("MUXER_BUDGET_RESERVATION_SECONDS", d
 MUXER_USAGE_STREAM = env.str("MUXER_USAGE_STREAM", default="muxer:usage")
 # --- Usage rollups and retention (billing/rollups.py) ---
 # Raw usage records are deleted after this many days, once the daily rollups
-# count them all; older days are then answered from the rollups. 0 keeps them forever.
+# count them all; older days are then answered from the rollups. Records a
+# budget's current period needs (its ledger) are kept. 0 keeps them forever.
 MUXER_USAGE_RETENTION_DAYS = env.int("MUXER_USAGE_RETENTION_DAYS", default=90)
 # `celery -A muxer_project beat` runs these; workers load billing.rollups for them.
 CELERY_IMPORTS = ["billing.rollups"]

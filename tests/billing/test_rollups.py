@@ -16,7 +16,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 
 from accounts.models import APIKey, Organization, Team, User
 from billing import rollups
-from billing.models import UsageRecord, UsageRollup, UsageStatus
+from billing.models import Budget, BudgetPeriod, BudgetScope, UsageRecord, UsageRollup, UsageStatus
 from billing.rollups import usage_records_expire, usage_rollup_build
 from muxer_project.celery import app
 from tests.factories import OrganizationFactory, TeamFactory, issue_key
@@ -239,6 +239,52 @@ def test_zero_retention_days_keep_raw_records_forever(key: APIKey, now: datetime
     assert UsageRollup.objects.count() == 0
 
 
+def budget(organization: Organization, period: str) -> Budget:
+    return Budget.objects.create(
+        organization=organization, scope=BudgetScope.ORGANIZATION, period=period, limit_usd=Decimal(100)
+    )
+
+
+@pytest.mark.django_db
+def test_records_in_a_budgets_current_period_are_kept_for_its_ledger(key: APIKey, now: datetime) -> None:
+    budget(key.organization, BudgetPeriod.YEARLY)  # this year: from 2026-01-01
+    budget(key.organization, BudgetPeriod.MONTHLY)
+    other_key = issue_key(OrganizationFactory.create(), name="no budget").api_key
+    last_year = make_record(key, created_at=datetime(2025, 12, 31, 23, tzinfo=UTC))
+    this_year = make_record(key, created_at=datetime(2026, 1, 1, 1, tzinfo=UTC))
+    theirs = make_record(other_key, created_at=datetime(2026, 1, 1, 1, tzinfo=UTC))
+
+    result = usage_records_expire()
+
+    assert (result.days, result.deleted, result.held) == (2, 2, 1)
+    assert list(UsageRecord.objects.values_list("pk", flat=True)) == [this_year.pk]
+    assert not UsageRecord.objects.filter(pk__in=[last_year.pk, theirs.pk]).exists()
+    # The day's rollups still count every request, kept or not.
+    assert UsageRollup.objects.get(day=date(2026, 1, 1), api_key_id=key.pk).requests == 1
+    assert UsageRollup.objects.get(day=date(2026, 1, 1), api_key_id=other_key.pk).requests == 1
+
+
+@pytest.mark.django_db
+def test_a_lifetime_budget_keeps_all_its_organizations_records(key: APIKey, now: datetime) -> None:
+    budget(key.organization, BudgetPeriod.LIFETIME)
+    make_record(key, created_at=now - timedelta(days=3000))
+
+    assert usage_records_expire() == rollups.RetentionResult(days=0, deleted=0, held=1)
+    assert UsageRecord.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_retention_skips_straight_over_days_without_records(key: APIKey, now: datetime) -> None:
+    make_record(key, created_at=now - timedelta(days=900))
+    make_record(key, created_at=now - timedelta(days=100))
+
+    with CaptureQueriesContext(connection) as queries:
+        assert usage_records_expire().deleted == 2
+
+    # Two days' work, not 800 days of lookups.
+    assert len(queries.captured_queries) < 40
+
+
 @pytest.mark.django_db
 def test_retention_deletes_in_batches(key: APIKey, now: datetime) -> None:
     for minute in range(5):
@@ -289,7 +335,7 @@ def test_the_recent_task_builds_yesterday_and_today(key: APIKey, monkeypatch: py
 def test_the_retention_task_reports_what_it_deleted(key: APIKey, now: datetime) -> None:
     make_record(key, created_at=NOON - timedelta(days=1))
 
-    assert rollups.usage_retention_apply.apply().get() == {"days": 1, "deleted": 1}
+    assert rollups.usage_retention_apply.apply().get() == {"days": 1, "deleted": 1, "held": 0}
 
 
 # --- on PostgreSQL: exact sums and concurrent builders -----------------------------------

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.db import connections
 from django.http import StreamingHttpResponse
 from django.test import AsyncClient
 from django.urls import reverse
@@ -24,6 +25,7 @@ from billing.selectors import EXPORT_COLUMNS, UsageQuery, usage_records_pages
 from tests.billing.test_rollups import make_record
 from tests.conftest import Tenant
 from tests.factories import MembershipFactory, OrganizationFactory, TeamFactory, issue_key
+from tests.routing.harness import in_thread
 
 NOW = datetime(2026, 3, 20, 12, tzinfo=UTC)
 RANGE = {"since": "2026-03-10", "until": "2026-03-12"}
@@ -485,14 +487,12 @@ def test_export_pages_continue_past_records_with_the_same_time(usage: Usage) -> 
 
 @pytest.mark.django_db(transaction=True)
 async def test_under_asgi_the_export_streams_page_by_page(tenant: Tenant) -> None:
-    from asgiref.sync import sync_to_async
-
     def setup() -> None:
         key = issue_key(tenant.organization, created_by=tenant.owner).api_key
-        for minute in range(2500):  # more than one page of 2,000
-            make_record(key, created_at=datetime(2026, 3, 11, tzinfo=UTC) + timedelta(seconds=minute))
+        for second in range(2500):  # more than one page of 2,000
+            make_record(key, created_at=datetime(2026, 3, 11, tzinfo=UTC) + timedelta(seconds=second))
 
-    await sync_to_async(setup)()
+    await in_thread(setup)
     client = AsyncClient()
     await client.aforce_login(tenant.member)
 
@@ -502,6 +502,8 @@ async def test_under_asgi_the_export_streams_page_by_page(tenant: Tenant) -> Non
     assert isinstance(response, StreamingHttpResponse)
     assert response.is_async
     chunks = [chunk async for chunk in response.streaming_content]
+    # The pages were read on the shared database thread; close its connection as a server would.
+    await in_thread(connections.close_all)
     assert len(chunks) == 3  # the header, then two pages
     lines = b"".join(chunks).decode().splitlines()
     assert len(lines) == 2501
