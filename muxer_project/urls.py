@@ -8,6 +8,8 @@ from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from accounts import api as accounts_api
 from billing import api as usage_api
+from billing import api_budgets as billing_api
+from billing import views as billing_views
 from providers import api as providers_api
 from routing import errors
 from routing import feedback as routing_feedback
@@ -39,6 +41,20 @@ urlpatterns = [
     ),
     path("api/orgs/<slug:org>/usage/", usage_api.UsageView.as_view(), name="usage"),
     path("api/orgs/<slug:org>/usage/export.csv", usage_api.UsageExportView.as_view(), name="usage-export"),
+    path("api/orgs/<slug:org>/budgets/", billing_api.BudgetListView.as_view(), name="budget-list"),
+    path("api/orgs/<slug:org>/budgets/<int:budget_id>/", billing_api.BudgetDetailView.as_view(), name="budget-detail"),
+    path("api/orgs/<slug:org>/notifications/", billing_api.NotificationListView.as_view(), name="notification-list"),
+    path(
+        "api/orgs/<slug:org>/notifications/<int:notification_id>/read/",
+        billing_api.NotificationReadView.as_view(),
+        name="notification-read",
+    ),
+    path(
+        "api/orgs/<slug:org>/recommendations/",
+        billing_api.RecommendationListView.as_view(),
+        name="recommendation-list",
+    ),
+    path("console/<slug:org>/recommendations/", billing_views.recommendations_page, name="console-recommendations"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("admin/", admin.site.urls),
 ]

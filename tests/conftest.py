@@ -19,8 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from django.conf import settings
 from django.db import connection
+from django.test import override_settings
 
 from accounts.auth import forget_cached_keys
 from accounts.models import Organization, Role, User
@@ -286,3 +288,88 @@ def gateway(
             from muxer_project.redis import sync_redis
 
             sync_redis().delete(stream)
+
+
+# --- Celery: eager in the test's process, or a real worker on the broker --------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "celery_worker: starts a real Celery worker on the Redis broker (needs Redis and PostgreSQL)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _celery_eager(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tasks run inside the test unless it starts a real worker, so none is left queued on a shared broker."""
+    if "celery_worker" in request.fixturenames:
+        yield
+        return
+    with override_settings(CELERY_TASK_ALWAYS_EAGER=True):
+        yield
+
+
+@dataclass
+class CeleryWorker:
+    queue: str
+    log: Path
+    mail_dir: Path
+
+    def task_succeeded(self, task_id: str) -> bool:
+        return f"[{task_id}] succeeded" in self.log.read_text(errors="replace")
+
+    def wait_for_task(self, task_id: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.task_succeeded(task_id):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"task {task_id} did not succeed in {timeout}s:\n{self.log.read_text(errors='replace')}")
+
+
+@pytest.fixture
+def celery_worker(transactional_db: None, tmp_path: Path) -> Iterator[CeleryWorker]:
+    """``celery -A muxer_project worker`` in its own process, on the test database and the Redis broker.
+
+    It consumes a queue of its own, which this test's tasks are sent to, so that
+    parallel runs sharing a Redis never take each other's tasks. Mail goes to
+    files in ``mail_dir``. Mark the test ``redis`` and ``postgres`` too.
+    """
+    if not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        reason = "a real Celery worker needs REDIS_URL and a PostgreSQL DATABASE_URL"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    queue = f"muxer-test-{uuid.uuid4().hex}"
+    log = tmp_path / "worker.log"
+    mail_dir = tmp_path / "mail"
+    mail_dir.mkdir()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "EMAIL_FILE_PATH": str(mail_dir),
+        "SECRET_KEY": settings.SECRET_KEY,
+    }
+    command = [sys.executable, "-m", "celery", "-A", "muxer_project", "worker", "-Q", queue, "-n", f"{queue}@%h",
+               "--pool", "solo", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+               "--without-heartbeat"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while " ready." not in log.read_text(errors="replace"):
+            if process.poll() is not None:
+                raise RuntimeError(f"the worker exited early ({process.returncode}):\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start in 30s:\n{log.read_text()}")
+            time.sleep(0.1)
+        with override_settings(CELERY_TASK_ALWAYS_EAGER=False, CELERY_TASK_DEFAULT_QUEUE=queue):
+            yield CeleryWorker(queue=queue, log=log, mail_dir=mail_dir)
+    finally:
+        stop(process)
+        broker = redis.from_url(settings.CELERY_BROKER_URL)
+        broker.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        broker.close()
