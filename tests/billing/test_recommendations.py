@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.auth import authenticate_sync
 from accounts.models import APIKey, Organization, User
 from billing.models import UsageRecord, UsageStatus
 from billing.recommendations import Recommendation, recommendations_for
@@ -284,3 +287,44 @@ def test_an_outsider_gets_404_from_the_recommendations(
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+# --- the demo data -----------------------------------------------------------------------------
+
+
+def demo_setup() -> str:
+    out = io.StringIO()
+    call_command("demo_setup", stdout=out)
+    return out.getvalue()
+
+
+def test_the_demo_organization_shows_real_savings(catalog: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MUXER_DEMO_API_KEY", raising=False)
+    output = demo_setup()
+
+    demo = Organization.objects.get(slug="demo")
+    found = recommendations_for(organization=demo, days=30)
+    assert {r.kind for r in found} == {"simple_on_expensive", "duplicate_requests", "cheaper_equivalent"}
+    assert all(r.monthly_saving_usd > 0 for r in found)
+    assert sum(r.monthly_saving_usd for r in found) > Decimal(5)
+    rows = UsageRecord.objects.filter(organization=demo)
+    assert rows.count() > 2_000
+    assert rows.filter(complexity__isnull=True).count() == 0
+    assert rows.exclude(request_fingerprint__regex=r"^[0-9a-f]{64}$").count() == 0
+    # The demo key works as before: printed, and accepted.
+    (key_line,) = [line for line in output.splitlines() if line.startswith("demo API key: ")]
+    identity = authenticate_sync(f"Bearer {key_line.removeprefix('demo API key: ')}")
+    assert identity.organization_id == demo.pk
+
+
+def test_the_demo_data_is_written_once(catalog: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MUXER_DEMO_API_KEY", raising=False)
+    demo_setup()
+    demo = Organization.objects.get(slug="demo")
+    written = UsageRecord.objects.filter(organization=demo).count()
+
+    demo_setup()
+
+    assert UsageRecord.objects.filter(organization=demo).count() == written
+    assert APIKey.objects.filter(organization=demo, name="sample traffic (demo data)").count() == 1
+    assert APIKey.objects.filter(organization=demo, name="demo key", revoked_at__isnull=True).count() == 1
