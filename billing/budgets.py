@@ -608,12 +608,24 @@ def _crossed(rule: BudgetRule, before: int, after: int) -> bool:
     return any(before * 100 < t * rule.limit_units <= after * 100 for t in rule.thresholds)
 
 
-async def _alert(entry: Entry, before: int, after: int) -> None:
-    from . import alerts
+def _alert_in_worker(entry: Entry, before: int, after: int) -> None:
+    from .alerts import thresholds_crossed
 
-    await sync_to_async(alerts.thresholds_crossed, thread_sensitive=False)(
-        entry.rule.id, entry.period_start, from_units(before), from_units(after)
-    )
+    try:
+        thresholds_crossed(
+            entry.rule.id,
+            entry.period_start,
+            from_units(before),
+            from_units(after),
+            thresholds=entry.rule.thresholds,
+            limit_usd=from_units(entry.rule.limit_units),
+        )
+    finally:
+        close_old_connections()
+
+
+async def _alert(entry: Entry, before: int, after: int) -> None:
+    await sync_to_async(_alert_in_worker, thread_sensitive=False)(entry, before, after)
 
 
 # --- reading and reconciling ---------------------------------------------------------------

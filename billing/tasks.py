@@ -43,3 +43,15 @@ def budget_alert_deliver(
     if delivery.retry and not self.request.is_eager:
         raise self.retry(countdown=ALERT_RETRY_BASE_SECONDS * 2**self.request.retries)
     return delivery.summary()
+
+
+# --- budget counters (billing/budgets.py) ------------------------------------------------------
+
+
+@shared_task(name="billing.budget_counters_reconcile")
+def budget_counters_reconcile_task() -> int:
+    """Set every enabled budget's current counter to the ledger's sum (rebuilding lost ones); returns how many
+    were corrected."""
+    from .budgets import budget_counters_reconcile
+
+    return budget_counters_reconcile()

@@ -274,6 +274,8 @@ CELERY_BEAT_SCHEDULE = {
     # Today's rollups as the day goes, and yesterday's again for records written late.
     "usage-rollup-recent": {"task": "billing.usage_rollup_recent", "schedule": crontab(minute=5)},
     "usage-retention": {"task": "billing.usage_retention_apply", "schedule": crontab(hour=3, minute=30)},
+    # Budget counters back to the ledger's sums; rebuilds any Redis lost.
+    "budget-reconcile": {"task": "billing.budget_counters_reconcile", "schedule": crontab(minute="*/10")},
 }
 
 # --- Logging ---------------------------------------------------------------

@@ -375,3 +375,14 @@ def test_reconcile_rebuilds_lost_counters_from_the_ledger(organization: Organiza
 
 def test_settings_have_budget_defaults(settings: SettingsWrapper) -> None:
     assert settings.MUXER_BUDGET_RESERVATION_SECONDS > settings.MUXER_UPSTREAM_TIMEOUT_SECONDS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_reconcile_task_is_scheduled_and_runs(organization: Organization, settings: SettingsWrapper) -> None:
+    from billing.tasks import budget_counters_reconcile_task
+
+    make_budget(organization, limit_usd=Decimal("5"))
+    schedule = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+
+    assert "billing.budget_counters_reconcile" in schedule
+    assert budget_counters_reconcile_task.delay().get() == 1  # the new budget's counter is built
