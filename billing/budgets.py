@@ -520,11 +520,18 @@ def budget_exceeded(rule: BudgetRule, left_units: int | None) -> APIError:
     return APIError(
         429,
         f"This request could cost more than is left of the {rule.period} {what} "
-        f"(${left:.6f} of ${from_units(rule.limit_units):.2f} left).",
+        f"(${_usd(left)} of ${_usd(from_units(rule.limit_units))} left).",
         type="insufficient_quota",
         code="budget_exceeded",
         headers={"x-muxer-budget-remaining": f"{left:.10f}", "x-muxer-budget-id": str(rule.id)},
     )
+
+
+def _usd(amount: Decimal) -> str:
+    """Dollars as people read them: cents at least, more places only when the amount needs them."""
+    text = format(amount.normalize(), "f")
+    whole, _, places = text.partition(".")
+    return f"{whole}.{places.ljust(2, '0')}"
 
 
 async def _initialise(entry: Entry) -> None:

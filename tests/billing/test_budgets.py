@@ -386,3 +386,12 @@ def test_the_reconcile_task_is_scheduled_and_runs(organization: Organization, se
 
     assert "billing.budget_counters_reconcile" in schedule
     assert budget_counters_reconcile_task.delay().get() == 1  # the new budget's counter is built
+
+
+def test_the_refusal_names_small_amounts_exactly() -> None:
+    from billing.budgets import budget_exceeded
+
+    error = budget_exceeded(rule("0.0000005"), to_units(Decimal("0.0000001")))
+
+    assert "($0.0000001 of $0.0000005 left)" in error.message
+    assert "($0.00 of $12.50 left)" in budget_exceeded(rule("12.5"), 0).message
