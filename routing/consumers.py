@@ -594,6 +594,8 @@ class ChatCompletionsConsumer(RoutedConsumer):
         model, result, usage = await self._call_chat(identity, request, route)
         upstream_ms = (time.perf_counter() - upstream_started) * 1000
         event = self._usage_event(identity, model, usage, status="ok", http_status=200, stream=False)
+        # Settled before the answer goes out, so the client's next request sees this one's hold released.
+        await self.settle_budget()
         headers = self._route_headers(model, route)
         headers.append((b"x-muxer-cost-usd", event["cost_usd"].encode()))
         headers.append((b"x-muxer-overhead-ms", f"{self.elapsed_ms() - upstream_ms:.1f}".encode()))
