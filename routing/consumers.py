@@ -35,7 +35,7 @@ from billing.budgets import (
     worst_case_input_tokens,
 )
 from billing.pricing import cost_usd
-from billing.tokens import estimate_prompt_tokens, estimate_text_tokens
+from billing.tokens import estimate_text_tokens
 from billing.usage import UsageEvent, usage_emit
 from muxer_project.errors import APIError
 from providers.adapters import ChatResult, ChatStream, EmbeddingResult, ProviderError, Usage, adapter_for
@@ -455,9 +455,7 @@ class RoutedConsumer(GatewayConsumer):
                 return request.payload
             # The organization's cap is what the budget hold assumed; the provider must not write more.
             return {**request.payload, "max_tokens": min(self.output_cap, model.max_output_tokens)}
-        bound = capped_output_tokens(
-            model, estimate_prompt_tokens(request.payload["messages"]), route.max_cost_usd - spent, None
-        )
+        bound = capped_output_tokens(model, request.prompt_tokens, route.max_cost_usd - spent, None)
         if bound is None:
             raise ProviderError(
                 f"'{model.name}' cannot answer within what is left of the cost cap.",
@@ -476,7 +474,7 @@ class RoutedConsumer(GatewayConsumer):
         else:
             self.complexity = assess(
                 prompt_text(request),
-                prompt_tokens=estimate_prompt_tokens(request.payload["messages"]),
+                prompt_tokens=request.prompt_tokens,
                 turns=len(request.payload["messages"]),
                 has_tools=request.has_tools,
                 has_images=request.has_images,
@@ -585,7 +583,7 @@ class ChatCompletionsConsumer(RoutedConsumer):
         model, result = await self._call_route(identity, route, start, stream=False)
         usage = result.usage
         if usage.estimated:
-            usage.input_tokens = estimate_prompt_tokens(request.payload["messages"])
+            usage.input_tokens = request.prompt_tokens
             usage.output_tokens = estimate_text_tokens(_completion_chars(result.body))
         return model, result, usage
 
@@ -665,7 +663,7 @@ class ChatCompletionsConsumer(RoutedConsumer):
         """Whether what is left of the cost cap has room for another step on ``model``."""
         if route.max_cost_usd is None:
             return True
-        prompt_tokens = estimate_prompt_tokens(request.payload["messages"])
+        prompt_tokens = request.prompt_tokens
         left = route.max_cost_usd - spent
         return capped_output_tokens(model, prompt_tokens, left, request.max_output_tokens) is not None
 
@@ -820,7 +818,7 @@ class ChatCompletionsConsumer(RoutedConsumer):
         if reported is not None:
             return reported
         return Usage(
-            input_tokens=estimate_prompt_tokens(request.payload["messages"]),
+            input_tokens=request.prompt_tokens,
             output_tokens=estimate_text_tokens(completion_chars),
             estimated=True,
         )

@@ -57,7 +57,7 @@ import orjson
 
 from accounts.auth import KeyIdentity, authenticate
 from billing.pricing import cost_usd
-from billing.tokens import estimate_prompt_tokens, estimate_text_tokens
+from billing.tokens import estimate_text_tokens
 from billing.usage import usage_emit
 from muxer_project.errors import APIError, invalid_api_key, invalid_request
 from providers.adapters import ChatResult, Usage, adapter_for
@@ -763,7 +763,7 @@ class MessagesConsumer(RoutedConsumer):
         upstream_ms = (time.perf_counter() - upstream_started) * 1000
         usage = result.usage
         if usage.estimated:
-            usage.input_tokens = estimate_prompt_tokens(request.payload["messages"])
+            usage.input_tokens = request.prompt_tokens
             usage.output_tokens = estimate_text_tokens(_completion_chars(result.body))
         event = self._usage_event(identity, model, usage, status="ok", http_status=200, stream=False)
         message = message_from_completion(result.body, usage, model_name=model.name)
@@ -782,9 +782,7 @@ class MessagesConsumer(RoutedConsumer):
         model, opened = await self._call_route(identity, route, start, stream=True)
         stream, chunks = opened.stream, opened.chunks
         progress = stream.progress
-        encoder = MessageStreamEncoder(
-            model_name=model.name, input_tokens=estimate_prompt_tokens(request.payload["messages"])
-        )
+        encoder = MessageStreamEncoder(model_name=model.name, input_tokens=request.prompt_tokens)
         status, http_status, error_code = "ok", 200, ""
         try:
             await self.start_response(

@@ -7,12 +7,13 @@ Each failure names the offending parameter, as OpenAI's API does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
 
+from billing.tokens import estimate_prompt_tokens
 from muxer_project.errors import APIError, invalid_request
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -95,6 +96,14 @@ class ChatRequest:
     has_tools: bool
     wants_json: bool
     options: RoutingOptions = RoutingOptions()
+    _prompt_tokens: int | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The estimated prompt tokens, worked out once per request."""
+        if self._prompt_tokens is None:
+            self._prompt_tokens = estimate_prompt_tokens(self.payload["messages"])
+        return self._prompt_tokens
 
     @property
     def routed(self) -> bool:

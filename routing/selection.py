@@ -13,7 +13,6 @@ from decimal import Decimal
 from scipy.sparse import csr_matrix
 
 from accounts.auth import KeyIdentity
-from billing.tokens import estimate_prompt_tokens
 from muxer_project.errors import APIError, invalid_request, model_not_found, permission_denied
 from providers.catalog import Catalog, CatalogModel
 from providers.models import ModelKind
@@ -25,6 +24,8 @@ from .strategies import RoutingContext, decide
 from .strategies.base import (
     PromptScorer,
     RouteDecision,
+    estimated_cost,
+    expected_output_tokens,
     model_cost,
     output_bound,
     permitted,
@@ -95,7 +96,7 @@ def routing_context(
         request=request,
         strategy=strategy,
         preference=identity.preference or "cost",
-        prompt_tokens=estimate_prompt_tokens(request.payload["messages"]),
+        prompt_tokens=request.prompt_tokens,
         prompt_text=prompt_text(request),
         semantic=semantic,
         max_cost_usd=min(caps) if caps else None,
@@ -138,28 +139,27 @@ def _explicit_route(
 ) -> RouteDecision:
     model = select_model(catalog=catalog, identity=identity, request=request)
     caps = [c for c in (request.options.max_cost_usd, options.max_cost_usd) if c is not None]
-    ctx = routing_context(catalog=catalog, identity=identity, request=request, semantic=_NO_SCORER, options=options)
-    bound = None
-    if caps:
-        bound = output_bound(model, ctx)
-        if bound is None:
-            raise APIError(
-                400,
-                f"The model '{model.name}' cannot answer this request within the cost cap of ${min(caps):f}.",
-                code="cost_cap_exceeded",
-                param="model",
-            )
-        ctx.output_bounds[model.name] = bound
     fallbacks = _named_fallbacks(catalog, identity, request, model, requested_fallbacks or model.fallbacks)
-    if caps:
-        fallbacks = tuple(f for f in fallbacks if output_bound(f, ctx) is not None)
+    if not caps:
+        cost = estimated_cost(model, request.prompt_tokens, expected_output_tokens(model, request))
+        return RouteDecision(model=model, reason="explicit", estimated_cost_usd=cost, fallbacks=fallbacks)
+    ctx = routing_context(catalog=catalog, identity=identity, request=request, semantic=_NO_SCORER, options=options)
+    bound = output_bound(model, ctx)
+    if bound is None:
+        raise APIError(
+            400,
+            f"The model '{model.name}' cannot answer this request within the cost cap of ${min(caps):f}.",
+            code="cost_cap_exceeded",
+            param="model",
+        )
+    ctx.output_bounds[model.name] = bound
     return RouteDecision(
         model=model,
         reason="explicit",
         estimated_cost_usd=model_cost(model, ctx),
-        fallbacks=fallbacks,
-        max_output_tokens=bound if caps else None,
-        max_cost_usd=min(caps) if caps else None,
+        fallbacks=tuple(f for f in fallbacks if output_bound(f, ctx) is not None),
+        max_output_tokens=bound,
+        max_cost_usd=ctx.max_cost_usd,
     )
 
 
@@ -176,7 +176,7 @@ def _named_fallbacks(
 ) -> tuple[CatalogModel, ...]:
     """The named fallbacks that can serve the request; those the key may not use or that cannot serve it are
     skipped, not errors."""
-    prompt_tokens = estimate_prompt_tokens(request.payload["messages"])
+    prompt_tokens = request.prompt_tokens
     fallbacks: list[CatalogModel] = []
     for name in names:
         candidate = catalog.get(name)
@@ -199,7 +199,7 @@ def _price_key(model: CatalogModel) -> tuple[Decimal, str]:
 
 def select_model(*, catalog: Catalog, identity: KeyIdentity, request: ChatRequest) -> CatalogModel:
     """The model an explicit request names, checked; for ``auto`` without a router, the cheapest that can serve."""
-    prompt_tokens = estimate_prompt_tokens(request.payload["messages"])
+    prompt_tokens = request.prompt_tokens
     if request.routed:
         candidates = [
             m
