@@ -45,6 +45,9 @@ class KeyIdentity:
     # Already resolved: the key's own setting, else its organization's.
     strategy: str = RoutingStrategy.HYBRID.value
     preference: str = RoutingPreference.COST.value
+    # Requests and tokens per minute: (key, team, organization); None where no limit is set.
+    rpm_limits: tuple[int | None, int | None, int | None] = (None, None, None)
+    tpm_limits: tuple[int | None, int | None, int | None] = (None, None, None)
 
     def may_use(self, model_name: str) -> bool:
         if self.allowed_models and model_name not in self.allowed_models:
@@ -81,7 +84,7 @@ def _load_in_worker(prefix: str) -> KeyIdentity | None:
 def _query(prefix: str) -> KeyIdentity | None:
     row = (
         APIKey.objects.filter(prefix=prefix)
-        .select_related("organization")
+        .select_related("organization", "team")
         .only(
             "id",
             "prefix",
@@ -99,6 +102,12 @@ def _query(prefix: str) -> KeyIdentity | None:
             "organization__allowed_providers",
             "organization__routing_strategy",
             "organization__routing_preference",
+            "rpm_limit",
+            "tpm_limit",
+            "organization__rpm_limit",
+            "organization__tpm_limit",
+            "team__rpm_limit",
+            "team__tpm_limit",
         )
         .first()
     )
@@ -120,6 +129,8 @@ def _query(prefix: str) -> KeyIdentity | None:
         org_allowed_providers=frozenset(org.allowed_providers or ()),
         strategy=row.routing_strategy or org.routing_strategy,
         preference=row.routing_preference or org.routing_preference,
+        rpm_limits=(row.rpm_limit, row.team.rpm_limit if row.team else None, org.rpm_limit),
+        tpm_limits=(row.tpm_limit, row.team.tpm_limit if row.team else None, org.tpm_limit),
     )
 
 

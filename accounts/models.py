@@ -77,6 +77,8 @@ class Organization(models.Model):
     routing_preference = models.CharField(
         max_length=16, choices=RoutingPreference.choices, default=RoutingPreference.COST
     )
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute; blank: no limit.")
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute; blank: no limit.")
     timezone = models.CharField(
         max_length=64, default="UTC", help_text="IANA time zone; budget periods follow its calendar."
     )
@@ -100,6 +102,8 @@ class Organization(models.Model):
 class Team(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="teams")
     name = models.CharField(max_length=200)
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute; blank: no limit.")
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute; blank: no limit.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -149,6 +153,8 @@ class APIKey(models.Model):
     allowed_models = models.JSONField(
         default=list, blank=True, help_text="Model names this key may use; empty means what the organization allows."
     )
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute; blank: no limit.")
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute; blank: no limit.")
     allowed_providers = models.JSONField(
         default=list, blank=True, help_text="Provider slugs this key may use; empty means what the organization allows."
     )

@@ -256,6 +256,9 @@ MUXER_CASCADE_ACCEPT_SCORE = env.float("MUXER_CASCADE_ACCEPT_SCORE", default=0.6
 # and the fewest a cost cap must leave room for.
 MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS = env.int("MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS", default=512)
 MUXER_ROUTER_MIN_OUTPUT_TOKENS = env.int("MUXER_ROUTER_MIN_OUTPUT_TOKENS", default=64)
+# --- Rate limits (routing/ratelimit.py) ---
+# When Redis cannot be reached: true admits requests without limits, false refuses them (503).
+MUXER_RATELIMIT_FAIL_OPEN = env.bool("MUXER_RATELIMIT_FAIL_OPEN", default=True)
 # --- Budgets (billing/budgets.py) ---
 # How long a process trusts its copy of an organization's budgets; changes apply within this.
 MUXER_BUDGET_CACHE_SECONDS = env.float("MUXER_BUDGET_CACHE_SECONDS", default=2.0)

@@ -45,6 +45,7 @@ from providers.http import call_timeouts
 from providers.resilience import backoff_seconds, breaker, counts_against_provider, latency
 
 from .cascade import AnswerScore, score_answer
+from .ratelimit import admit
 from .schema import (
     ChatRequest,
     EmbeddingRequest,
@@ -83,6 +84,8 @@ class GatewayConsumer(AsyncConsumer):
     """Base for proxy endpoints: read the body, run :meth:`handle`, shape errors."""
 
     methods = frozenset({"POST"})
+    # The x-ratelimit-* headers of the limits this request was counted against; on every response.
+    rate_headers: Headers = []
 
     async def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:  # type: ignore[override]
         self.scope = scope
@@ -168,7 +171,12 @@ class GatewayConsumer(AsyncConsumer):
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", content_type), (b"x-request-id", self.request_id.encode()), *headers],
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"x-request-id", self.request_id.encode()),
+                    *self.rate_headers,
+                    *headers,
+                ],
             }
         )
 
@@ -183,6 +191,8 @@ class GatewayConsumer(AsyncConsumer):
 
     async def send_error(self, exc: APIError) -> None:
         headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+        if any(name.startswith(b"x-ratelimit-") for name, _ in headers):
+            self.rate_headers = []  # the refusal carries its own
         await self.send_json(exc.status, exc.body_bytes(), headers)
 
 
@@ -526,6 +536,8 @@ class ChatCompletionsConsumer(RoutedConsumer):
     async def handle(self, body: bytes) -> None:
         identity = await authenticate(self.header(b"authorization"))
         request = parse_chat_request(body)
+        tokens = request.prompt_tokens + (request.max_output_tokens or settings.MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS)
+        self.rate_headers = await admit(identity, tokens)
         options = self.routing_options()
         requested_fallbacks = tuple(
             name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip()
@@ -830,6 +842,7 @@ class EmbeddingsConsumer(RoutedConsumer):
     async def handle(self, body: bytes) -> None:
         identity = await authenticate(self.header(b"authorization"))
         request = parse_embedding_request(body)
+        self.rate_headers = await admit(identity, sum(estimate_text_tokens(len(text)) for text in request.texts))
         catalog = await get_catalog()
         own_keys = await organization_keys(identity.organization_id)
         model = select_embedding_model(

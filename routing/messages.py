@@ -54,6 +54,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
+from django.conf import settings
 
 from accounts.auth import KeyIdentity, authenticate
 from billing.pricing import cost_usd
@@ -65,6 +66,7 @@ from providers.catalog import CatalogModel, get_catalog
 from providers.credentials import catalog_for, organization_keys
 
 from .consumers import ChatCompletionsConsumer, Headers, OpenedStream, RoutedConsumer, _completion_chars, open_stream
+from .ratelimit import admit
 from .schema import ChatRequest, _json_object, parse_chat_request
 from .selection import PromptScore, RouteDecision, prompt_text, select_route
 from .semantic import semantic_model_for
@@ -693,6 +695,8 @@ class MessagesConsumer(RoutedConsumer):
     async def handle(self, body: bytes) -> None:
         identity = await authenticate(self._authorization())
         request = parse_messages_request(body)
+        tokens = request.prompt_tokens + (request.max_output_tokens or settings.MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS)
+        self.rate_headers = await admit(identity, tokens)
         requested_fallbacks = tuple(
             name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip()
         )

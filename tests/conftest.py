@@ -32,6 +32,7 @@ from providers.catalog import forget_catalog
 from providers.credentials import forget_organization_keys
 from providers.resilience import breaker, latency
 from providers.services import catalog_sync_defaults
+from routing.ratelimit import forget_rate_limits
 
 from .factories import MembershipFactory, OrganizationFactory, UserFactory, issue_key
 
@@ -72,9 +73,10 @@ def _forget_process_state() -> None:
     breaker.forget()
     latency.forget()
     forget_budget_state()
+    forget_rate_limits()
     if settings.REDIS_URL:
         client = sync_redis()
-        stale = [*client.scan_iter(match="muxer:cb*", count=1000)]
+        stale = [*client.scan_iter(match="muxer:cb*", count=1000), *client.scan_iter(match="muxer:rl:*", count=1000)]
         if stale:
             client.delete(*stale)
 
