@@ -48,10 +48,15 @@ def acting_user(request: HttpRequest) -> User | None:
     return request.user if isinstance(request.user, User) else None
 
 
+LIMIT_FIELDS = ("rpm_limit", "tpm_limit")
+# The webhook secret is not shown here: it is a credential, set through the organization's settings.
+BILLING_FIELDS = ("timezone", "max_output_tokens_cap", "alert_email", "webhook_url")
+
+
 class OrganizationAdminForm(forms.ModelForm[Organization]):
     class Meta:
         model = Organization
-        fields = ("name", "slug", *POLICY_FIELDS)
+        fields = ("name", "slug", *POLICY_FIELDS, *LIMIT_FIELDS, *BILLING_FIELDS)
 
     def clean(self) -> dict[str, Any] | None:
         cleaned = super().clean()
@@ -71,7 +76,12 @@ class OrganizationAdmin(admin.ModelAdmin[Organization]):
     list_display = ["name", "slug", "routing_strategy", "routing_preference", "created_at"]
     list_filter = ["routing_strategy", "routing_preference"]
     search_fields = ["name", "slug"]
-    fieldsets = ((None, {"fields": ("name", "slug")}), ("Routing policy", {"fields": POLICY_FIELDS}))
+    fieldsets = (
+        (None, {"fields": ("name", "slug")}),
+        ("Routing policy", {"fields": POLICY_FIELDS}),
+        ("Rate limits (per minute)", {"fields": LIMIT_FIELDS}),
+        ("Billing", {"fields": BILLING_FIELDS}),
+    )
     inlines = [MembershipInline]
 
     def save_model(self, request: HttpRequest, obj: Organization, form: Any, change: bool) -> None:
@@ -89,14 +99,14 @@ class OrganizationAdmin(admin.ModelAdmin[Organization]):
 
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin[Team]):
-    list_display = ["name", "organization", "created_at"]
+    list_display = ["name", "organization", "rpm_limit", "tpm_limit", "created_at"]
     search_fields = ["name", "organization__slug"]
 
 
 class APIKeyAdminForm(forms.ModelForm[APIKey]):
     class Meta:
         model = APIKey
-        fields = POLICY_FIELDS
+        fields = (*POLICY_FIELDS, *LIMIT_FIELDS)
 
     def clean(self) -> dict[str, Any] | None:
         cleaned = super().clean()
@@ -106,7 +116,8 @@ class APIKeyAdminForm(forms.ModelForm[APIKey]):
 
 @admin.register(APIKey)
 class APIKeyAdmin(admin.ModelAdmin[APIKey]):
-    """Keys are issued and revoked through services (which audit them); only the routing policy is edited here."""
+    """Keys are issued and revoked through services (which audit them); only the routing policy and rate limits
+    are edited here."""
 
     form = APIKeyAdminForm
     list_display = [
@@ -115,7 +126,7 @@ class APIKeyAdmin(admin.ModelAdmin[APIKey]):
     ]  # fmt: skip
     list_filter = ["revoked_at", "routing_strategy", "routing_preference"]
     search_fields = ["name", "prefix", "organization__slug"]
-    readonly_fields = [f.name for f in APIKey._meta.fields if f.name not in {"digest", *POLICY_FIELDS}]
+    readonly_fields = [f.name for f in APIKey._meta.fields if f.name not in {"digest", *POLICY_FIELDS, *LIMIT_FIELDS}]
     exclude = ["digest"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -125,6 +136,9 @@ class APIKeyAdmin(admin.ModelAdmin[APIKey]):
         return False
 
     def save_model(self, request: HttpRequest, obj: APIKey, form: Any, change: bool) -> None:
+        limits = [field for field in form.changed_data if field in LIMIT_FIELDS]
+        if limits:
+            obj.save(update_fields=limits)
         changes = policy_changes(form)
         if changes:
             services.api_key_routing_policy_update(api_key=obj, actor=acting_user(request), **changes)

@@ -837,3 +837,19 @@ def test_other_organizations_are_untouched(
 
     assert policy_of(their_org) == DEFAULT_POLICY
     assert policy_of(other) == DEFAULT_POLICY
+
+
+def test_the_admin_sets_a_keys_and_an_organizations_rate_limits(
+    staff: Client, organization: Organization, our_key: APIKey
+) -> None:
+    key_url = reverse("admin:accounts_apikey_change", args=[our_key.pk])
+    org_url = reverse("admin:accounts_organization_change", args=[organization.pk])
+
+    key_reply = staff.post(key_url, {**change_form_data(staff.get(key_url)), "rpm_limit": "60", "tpm_limit": ""})
+    org_reply = staff.post(org_url, {**change_form_data(staff.get(org_url)), "tpm_limit": "90000"})
+
+    assert (key_reply.status_code, org_reply.status_code) == (302, 302)
+    our_key.refresh_from_db()
+    organization.refresh_from_db()
+    assert (our_key.rpm_limit, our_key.tpm_limit) == (60, None)
+    assert (organization.rpm_limit, organization.tpm_limit) == (None, 90_000)
