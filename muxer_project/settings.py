@@ -256,6 +256,9 @@ MUXER_CASCADE_ACCEPT_SCORE = env.float("MUXER_CASCADE_ACCEPT_SCORE", default=0.6
 # and the fewest a cost cap must leave room for.
 MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS = env.int("MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS", default=512)
 MUXER_ROUTER_MIN_OUTPUT_TOKENS = env.int("MUXER_ROUTER_MIN_OUTPUT_TOKENS", default=64)
+# URLs typed into forms without a scheme are taken as https (Django 6's default, opted into now).
+FORMS_URLFIELD_ASSUME_HTTPS = True
+
 # --- Rate limits (routing/ratelimit.py) ---
 # When Redis cannot be reached: true admits requests without limits, false refuses them (503).
 MUXER_RATELIMIT_FAIL_OPEN = env.bool("MUXER_RATELIMIT_FAIL_OPEN", default=True)
