@@ -625,9 +625,9 @@ def test_latency(http: httpx.Client) -> None:
             "messages": [{"role": "user", "content": "[fake latency_ms=300]"}],
         },
     )
-    assert time.monotonic() - started >= 0.3
+    # The event loop's timer may wake a hair early (seen: 0.29997 s); allow rounding slack.
+    assert time.monotonic() - started >= 0.295
     assert response.status_code == 200
-    # The event loop clock may wake a hair early; allow rounding slack.
     assert int(response.headers["openai-processing-ms"]) >= 295
 
     started = time.monotonic()
