@@ -228,44 +228,63 @@ _PHONE_NATIONAL = re.compile(r"0\d{1,4}(?:[ .\-]\d{2,4}){1,4}(?!\d|[.\-:/]\d)", 
 _GROUP_SPLIT = re.compile(r"[ .\-()]+")
 
 
+def _find(
+    pattern: re.Pattern[str],
+    text: str,
+    pos: int,
+    endpos: int,
+    not_after: frozenset[str],
+    validate: Callable[[re.Match[str]], int | None],
+) -> Iterable[tuple[int, int]]:
+    """Spans of ``pattern`` that ``validate`` accepts (it returns the end, or None).
+
+    Not finditer: a rejected match resumes one character on, since "1 (415) 555-0100" after
+    another number fails as a whole yet holds a phone, and "7 4111 1111 1111 1111" a card.
+    """
+    while (match := pattern.search(text, pos, endpos)) is not None:
+        start = match.start()
+        end = None if _preceded_by(text, start, not_after) else validate(match)
+        if end is None:
+            pos = start + 1
+        else:
+            yield start, end
+            pos = end
+
+
+def _international_phone(match: re.Match[str]) -> int | None:
+    # A greedy match can run into a following number; drop trailing groups until the count fits E.164.
+    candidate = match.group()
+    while True:
+        digits = sum(c.isdigit() for c in candidate) - candidate.count("(0)")
+        if digits <= 15:
+            break
+        cut = max(candidate.rfind(" "), candidate.rfind("-"), candidate.rfind("."))
+        if cut <= 1:
+            break
+        candidate = candidate[:cut]
+    return match.start() + len(candidate) if 8 <= digits <= 15 else None
+
+
+def _nanp_phone(match: re.Match[str]) -> int | None:
+    groups = [g for g in _GROUP_SPLIT.split(match.group()) if g]
+    if groups[0] == "1":
+        groups = groups[1:]
+    area, exchange = groups[0], groups[1]
+    return None if area[0] in "01" or exchange[0] in "01" else match.end()
+
+
+def _national_phone(match: re.Match[str]) -> int | None:
+    candidate = match.group()
+    separators = {c for c in candidate if not c.isdigit()}
+    digits = sum(c.isdigit() for c in candidate)
+    # One kind of separator only: "01.02.2024 10" is a date and a time, not a phone.
+    return match.end() if len(separators) == 1 and 9 <= digits <= 12 and candidate[1] != "0" else None
+
+
 def _phones(text: str, pos: int, endpos: int) -> Iterable[tuple[int, int]]:
-    for match in _PHONE_INTERNATIONAL.finditer(text, pos, endpos):
-        start = match.start()
-        if _preceded_by(text, start, _TOKEN | {"+"}):
-            continue
-        # A greedy match can run into a following number; drop trailing groups until the count fits E.164.
-        candidate = match.group()
-        while True:
-            digits = sum(c.isdigit() for c in candidate) - candidate.count("(0)")
-            if digits <= 15:
-                break
-            cut = max(candidate.rfind(" "), candidate.rfind("-"), candidate.rfind("."))
-            if cut <= 1:
-                break
-            candidate = candidate[:cut]
-        if 8 <= digits <= 15:
-            yield start, start + len(candidate)
-    for match in _PHONE_NANP.finditer(text, pos, endpos):
-        start = match.start()
-        if _preceded_by(text, start, _TOKEN | {".", "+"}):
-            continue
-        groups = [g for g in _GROUP_SPLIT.split(match.group()) if g]
-        if groups[0] == "1":
-            groups = groups[1:]
-        area, exchange = groups[0], groups[1]
-        if area[0] in "01" or exchange[0] in "01":
-            continue
-        yield match.span()
-    for match in _PHONE_NATIONAL.finditer(text, pos, endpos):
-        start = match.start()
-        if _preceded_by(text, start, _TOKEN | {".", "+", "/", ":"}):
-            continue
-        candidate = match.group()
-        separators = {c for c in candidate if not c.isdigit()}
-        digits = sum(c.isdigit() for c in candidate)
-        # One kind of separator only: "01.02.2024 10" is a date and a time, not a phone.
-        if len(separators) == 1 and 9 <= digits <= 12 and candidate[1] != "0":
-            yield match.span()
+    yield from _find(_PHONE_INTERNATIONAL, text, pos, endpos, _TOKEN | {"+"}, _international_phone)
+    yield from _find(_PHONE_NANP, text, pos, endpos, _TOKEN | {".", "+"}, _nanp_phone)
+    yield from _find(_PHONE_NATIONAL, text, pos, endpos, _TOKEN | {".", "+", "/", ":"}, _national_phone)
 
 
 _CARD = re.compile(r"\d(?:[ \-]?\d){12,18}(?!\d|-\d)", re.ASCII)
@@ -280,6 +299,9 @@ def _card_prefix(candidate: str) -> str | None:
         return None
     separator = separators.pop()
     groups = candidate.split(separator)
+    # Every card layout (4-4-4-4, 4-6-5, 4-6-4, 4-4-4-4-3) opens with four digits.
+    if len(groups[0]) != 4:
+        return None
     while groups:
         digits = "".join(groups)
         if len(digits) < 13:
@@ -290,23 +312,24 @@ def _card_prefix(candidate: str) -> str | None:
     return None
 
 
+def _card(match: re.Match[str]) -> int | None:
+    card = _card_prefix(match.group())
+    return None if card is None else match.start() + len(card)
+
+
 def _cards(text: str, pos: int, endpos: int) -> Iterable[tuple[int, int]]:
-    for match in _CARD.finditer(text, pos, endpos):
-        start = match.start()
-        if _preceded_by(text, start, _TOKEN | {".", "+"}):
-            continue
-        card = _card_prefix(match.group())
-        if card is not None:
-            yield start, start + len(card)
+    return _find(_CARD, text, pos, endpos, _TOKEN | {".", "+"}, _card)
 
 
 _SSN = re.compile(r"(\d{3})([\- ])(\d{2})\2(\d{4})(?!\d|-\d)", re.ASCII)
 
 
+def _ssn(match: re.Match[str]) -> int | None:
+    return match.end() if ssn_valid(match[1], match[3], match[4]) else None
+
+
 def _ssns(text: str, pos: int, endpos: int) -> Iterable[tuple[int, int]]:
-    for match in _SSN.finditer(text, pos, endpos):
-        if not _preceded_by(text, match.start(), _TOKEN | {"."}) and ssn_valid(match[1], match[3], match[4]):
-            yield match.span()
+    return _find(_SSN, text, pos, endpos, _TOKEN | {"."}, _ssn)
 
 
 def _iban_at(text: str, start: int) -> int | None:
@@ -333,15 +356,18 @@ _IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?!\d|\.\d)", re.ASCII)
 _IPV6 = re.compile(r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]*:[0-9A-Fa-f]*(?:\.\d{1,3}){0,3}", re.ASCII)
 
 
+def _ipv4(match: re.Match[str]) -> int | None:
+    if _followed_by_word(match.string, match.end()):
+        return None
+    try:
+        ipaddress.IPv4Address(match.group())
+    except ValueError:
+        return None
+    return match.end()
+
+
 def _ipv4s(text: str, pos: int, endpos: int) -> Iterable[tuple[int, int]]:
-    for match in _IPV4.finditer(text, pos, endpos):
-        if _preceded_by(text, match.start(), _WORD | {"."}) or _followed_by_word(text, match.end()):
-            continue
-        try:
-            ipaddress.IPv4Address(match.group())
-        except ValueError:
-            continue
-        yield match.span()
+    return _find(_IPV4, text, pos, endpos, _WORD | {"."}, _ipv4)
 
 
 _HEX_OR_COLON = frozenset("0123456789abcdefABCDEF:")
