@@ -494,6 +494,50 @@ class RoutedConsumer(GatewayConsumer):
         cacheable["model"] = request.model
         self.fingerprint = hashlib.sha256(orjson.dumps(cacheable, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
+    # Whether this endpoint runs a cascade's later steps; one that cannot serves the first step only.
+    runs_cascades = True
+    cascade_note = ""
+
+    def routing_options(self) -> RoutingOptions:
+        """What the request's headers ask of the router; none by default."""
+        return RoutingOptions()
+
+    async def admit_and_route(self, identity: KeyIdentity, request: ChatRequest) -> RouteDecision:
+        """What every chat-shaped endpoint does before calling a provider: count the request against the rate
+        limits, choose its route, note what the usage record keeps, and hold its worst case against the budgets."""
+        tokens = request.prompt_tokens + (request.max_output_tokens or settings.MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS)
+        self.rate_headers = await admit(identity, tokens)
+        options = self.routing_options()
+        requested_fallbacks = tuple(
+            name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip()
+        )
+        catalog = await get_catalog()
+        own_keys = await organization_keys(identity.organization_id)
+        scorer = PromptScore(await semantic_model_for(identity.organization_id)) if request.routed else None
+        route = select_route(
+            catalog=catalog_for(catalog, identity.organization_id, own_keys),
+            identity=identity,
+            request=request,
+            semantic=scorer,
+            options=options,
+            requested_fallbacks=requested_fallbacks,
+        )
+        if route.escalations and not self.runs_cascades:
+            route = replace(route, escalations=(), reason=route.reason + self.cascade_note)
+        if scorer is not None:
+            route = replace(route, prompt_features=scorer.compact(prompt_text(request)))
+        self.route = route
+        self.describe_request(request, route)
+        await self.hold_budget(
+            identity,
+            request.payload,
+            alternatives=route.chain,
+            steps=route.escalations,
+            max_output_tokens=request.max_output_tokens,
+            max_cost_usd=route.max_cost_usd,
+        )
+        return route
+
     async def settle_budget(self) -> None:
         if self.reservation is not None:
             await settle(self.reservation)
@@ -536,35 +580,7 @@ class ChatCompletionsConsumer(RoutedConsumer):
     async def handle(self, body: bytes) -> None:
         identity = await authenticate(self.header(b"authorization"))
         request = parse_chat_request(body)
-        tokens = request.prompt_tokens + (request.max_output_tokens or settings.MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS)
-        self.rate_headers = await admit(identity, tokens)
-        options = self.routing_options()
-        requested_fallbacks = tuple(
-            name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip()
-        )
-        catalog = await get_catalog()
-        own_keys = await organization_keys(identity.organization_id)
-        scorer = PromptScore(await semantic_model_for(identity.organization_id)) if request.routed else None
-        route = select_route(
-            catalog=catalog_for(catalog, identity.organization_id, own_keys),
-            identity=identity,
-            request=request,
-            semantic=scorer,
-            options=options,
-            requested_fallbacks=requested_fallbacks,
-        )
-        if scorer is not None:
-            route = replace(route, prompt_features=scorer.compact(prompt_text(request)))
-        self.route = route
-        self.describe_request(request, route)
-        await self.hold_budget(
-            identity,
-            request.payload,
-            alternatives=route.chain,
-            steps=route.escalations,
-            max_output_tokens=request.max_output_tokens,
-            max_cost_usd=route.max_cost_usd,
-        )
+        route = await self.admit_and_route(identity, request)
         try:
             if route.escalations:
                 await self._cascade(identity, request, route)

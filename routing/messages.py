@@ -50,11 +50,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import replace
 from typing import Any
 
 import orjson
-from django.conf import settings
 
 from accounts.auth import KeyIdentity, authenticate
 from billing.pricing import cost_usd
@@ -62,14 +60,11 @@ from billing.tokens import estimate_text_tokens
 from billing.usage import usage_emit
 from muxer_project.errors import APIError, invalid_api_key, invalid_request
 from providers.adapters import ChatResult, Usage, adapter_for
-from providers.catalog import CatalogModel, get_catalog
-from providers.credentials import catalog_for, organization_keys
+from providers.catalog import CatalogModel
 
 from .consumers import ChatCompletionsConsumer, Headers, OpenedStream, RoutedConsumer, _completion_chars, open_stream
-from .ratelimit import admit
 from .schema import ChatRequest, _json_object, parse_chat_request
-from .selection import PromptScore, RouteDecision, prompt_text, select_route
-from .semantic import semantic_model_for
+from .selection import RouteDecision
 
 FIELDS = frozenset(
     {
@@ -692,39 +687,15 @@ class MessageStreamEncoder:
 class MessagesConsumer(RoutedConsumer):
     """``POST /v1/messages``, streamed and not; routed, retried and billed like chat."""
 
+    # This endpoint answers in Anthropic's format without a cascade: the cascade's first step serves,
+    # backed by its fallbacks. Chat completions runs the whole cascade.
+    runs_cascades = False
+    cascade_note = "; first step only on /v1/messages"
+
     async def handle(self, body: bytes) -> None:
         identity = await authenticate(self._authorization())
         request = parse_messages_request(body)
-        tokens = request.prompt_tokens + (request.max_output_tokens or settings.MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS)
-        self.rate_headers = await admit(identity, tokens)
-        requested_fallbacks = tuple(
-            name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip()
-        )
-        catalog = await get_catalog()
-        own_keys = await organization_keys(identity.organization_id)
-        scorer = PromptScore(await semantic_model_for(identity.organization_id)) if request.routed else None
-        route = select_route(
-            catalog=catalog_for(catalog, identity.organization_id, own_keys),
-            identity=identity,
-            request=request,
-            semantic=scorer,
-            requested_fallbacks=requested_fallbacks,
-        )
-        if route.escalations:
-            # This endpoint answers in Anthropic's format without a cascade: the cascade's first step
-            # serves, backed by its fallbacks. Chat completions runs the whole cascade.
-            route = replace(route, escalations=(), reason=route.reason + "; first step only on /v1/messages")
-        if scorer is not None:
-            route = replace(route, prompt_features=scorer.compact(prompt_text(request)))
-        self.route = route
-        self.describe_request(request, route)
-        await self.hold_budget(
-            identity,
-            request.payload,
-            alternatives=route.chain,
-            max_output_tokens=request.max_output_tokens,
-            max_cost_usd=route.max_cost_usd,
-        )
+        route = await self.admit_and_route(identity, request)
         try:
             if request.stream:
                 await self._stream(identity, request, route)
