@@ -93,6 +93,12 @@ class Organization(models.Model):
     webhook_secret = models.CharField(
         max_length=128, blank=True, help_text="HMAC-SHA256 key for the X-Muxer-Signature header."
     )
+    pii_policy = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='PII handling per entity type, e.g. {"email": "mask", "credit_card": "block", "default": "log"}; '
+        "actions are off, log, mask and block. Empty: off.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -135,6 +141,18 @@ class Membership(models.Model):
         return f"{self.user} in {self.organization} ({self.role})"
 
 
+class KeyScope(models.TextChoices):
+    """What a key may be used for: the proxy (``/v1/``), reading the management API, or managing it."""
+
+    PROXY = "proxy", "Proxy"
+    READ = "read", "Read"
+    ADMIN = "admin", "Admin"
+
+
+def default_scopes() -> list[str]:
+    return [KeyScope.PROXY.value]
+
+
 class APIKey(models.Model):
     """A ModelMuxer API key. Only the lookup prefix and an HMAC-SHA256 digest are stored."""
 
@@ -164,6 +182,15 @@ class APIKey(models.Model):
     routing_preference = models.CharField(
         max_length=16, choices=RoutingPreference.choices, blank=True, help_text="Blank means the organization's."
     )
+    scopes = models.JSONField(default=default_scopes, help_text="Any of proxy, read and admin.")
+    rotated_from = models.OneToOneField(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="rotated_to",
+        help_text="The key this one replaced; it kept working until its grace period ended.",
+    )
 
     class Meta:
         verbose_name = "API key"
@@ -176,3 +203,39 @@ class APIKey(models.Model):
     def is_active(self) -> bool:
         now = timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class Invitation(models.Model):
+    """An invitation to join an organization. Only an HMAC digest of its token is stored."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    team = models.ForeignKey(Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    digest = models.CharField(max_length=64, unique=True, help_text="HMAC-SHA256 of the invitation token, hex.")
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["organization", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"Invitation to {self.organization} ({self.role})"
+
+    @property
+    def status(self) -> str:
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "pending"

@@ -35,6 +35,13 @@ class AuditEvent(models.Model):
     target_type = models.CharField(max_length=64, blank=True)
     target_id = models.CharField(max_length=64, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    before = models.JSONField(null=True, blank=True, help_text="The target's state before, secrets redacted.")
+    after = models.JSONField(null=True, blank=True, help_text="The target's state after, secrets redacted.")
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    prev_hash = models.CharField(max_length=64, blank=True, help_text="The hash of the event before this one.")
+    hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 over this event and prev_hash.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     objects = AuditEventQuerySet.as_manager()
