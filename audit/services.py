@@ -15,8 +15,15 @@ def audit_event_record(
     target_type: str = "",
     target_id: str | int = "",
     metadata: dict[str, Any] | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Append one audit event. Callers pass only non-secret metadata."""
+    """Append one audit event.
+
+    ``before`` and ``after`` are the target's state around a change. Callers
+    pass only non-secret values and refer to people by id, never by email, so
+    erasing a person leaves the chain intact.
+    """
     return AuditEvent.objects.create(
         action=action,
         organization=organization,
@@ -24,4 +31,6 @@ def audit_event_record(
         target_type=target_type,
         target_id=str(target_id),
         metadata=metadata or {},
+        before=before,
+        after=after,
     )
