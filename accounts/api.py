@@ -10,18 +10,14 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import NotFound, PermissionDenied
-from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from muxer_project.errors import APIError
-
-from . import selectors, services
+from . import keys, selectors, services
 from .auth import KeyIdentity, authenticate_sync
-from .models import APIKey, Membership, Organization, Role, RoutingPreference, RoutingStrategy, Team, User
-
-MANAGER_ROLES = frozenset({Role.OWNER, Role.ADMIN})
+from .models import APIKey, KeyScope, Membership, Organization, RoutingPreference, RoutingStrategy, Team, User
+from .permissions import SCOPE_ROLES, Perm, role_can
 
 
 class KeyPrincipal:
@@ -35,15 +31,30 @@ class KeyPrincipal:
 
 
 class APIKeyAuthentication(BaseAuthentication):
-    def authenticate(self, request: Request) -> tuple[KeyPrincipal, KeyIdentity]:
-        try:
-            identity = authenticate_sync(request.META.get("HTTP_AUTHORIZATION"))
-        except APIError as exc:
-            raise exc from None
+    """A key with the ``proxy`` scope, for the ``/v1/`` endpoints served by DRF."""
+
+    scope: str | None = KeyScope.PROXY
+
+    def authenticate(self, request: Request) -> tuple[KeyPrincipal, KeyIdentity] | None:
+        header = request.META.get("HTTP_AUTHORIZATION")
+        if self.scope is None and not _bears_api_key(header):
+            return None  # a JWT, or no credentials: the next authenticator's turn
+        identity = authenticate_sync(header, scope=self.scope)
         return KeyPrincipal(identity), identity
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="modelmuxer"'
+
+
+class ManagementKeyAuthentication(APIKeyAuthentication):
+    """A key on the management API: its scopes decide its role there (see ``permissions.SCOPE_ROLES``)."""
+
+    scope = None
+
+
+def _bears_api_key(header: str | None) -> bool:
+    scheme, _, token = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and token.strip().startswith(keys.TYPE_PREFIXES)
 
 
 def signed_in_user(request: Request) -> User:
@@ -54,27 +65,62 @@ def signed_in_user(request: Request) -> User:
     return user
 
 
-class OrganizationScopedView(APIView):
-    """Resolves ``<org>`` from the URL through the caller's membership.
+def acting_user(request: Request) -> User | None:
+    """The user to record as the actor: ``None`` when an API key acts."""
+    return request.user if isinstance(request.user, User) else None
 
-    A non-member gets 404, as if the organization did not exist; a member whose
-    role cannot write gets 403 on unsafe methods. Subclasses read
-    ``self.organization`` and never look tenants up themselves.
+
+def key_role(identity: KeyIdentity) -> str | None:
+    """The strongest role a key's scopes give it on the management API, or ``None``."""
+    for scope in (KeyScope.ADMIN, KeyScope.READ):
+        if scope in identity.scopes:
+            return SCOPE_ROLES[scope]
+    return None
+
+
+class OrganizationScopedView(APIView):
+    """Resolves ``<org>`` from the URL through the caller's membership, or its API key.
+
+    ``perms`` maps each HTTP method to the permission it needs (HEAD and
+    OPTIONS use GET's). A non-member, or a key of another organization, gets
+    404 as if the organization did not exist; a member whose role lacks the
+    permission gets 403. Subclasses read ``self.organization`` and
+    ``self.role`` and never look tenants up themselves.
     """
 
-    write_roles: frozenset[str] = MANAGER_ROLES
+    perms: Mapping[str, Perm] = {"GET": Perm.ORG_VIEW}
     organization: Organization
-    membership: Membership
+    role: str
+    membership: Membership | None = None
+
+    def get_authenticators(self) -> list[BaseAuthentication]:
+        return [ManagementKeyAuthentication(), *super().get_authenticators()]
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        membership = selectors.membership_for(user=signed_in_user(request), organization_slug=kwargs["org"])
-        if membership is None:
-            raise NotFound("No such organization.")
-        if request.method not in SAFE_METHODS and membership.role not in self.write_roles:
-            raise PermissionDenied(f"Your role ({membership.role}) cannot do this.")
-        self.membership = membership
-        self.organization = membership.organization
+        if isinstance(request.user, KeyPrincipal):
+            identity = request.user.identity
+            role = key_role(identity)
+            organization = Organization.objects.filter(pk=identity.organization_id, slug=kwargs["org"]).first()
+            if organization is None:
+                raise NotFound("No such organization.")
+            if role is None:
+                raise PermissionDenied("This API key has neither the 'read' nor the 'admin' scope.")
+            self.organization, self.role = organization, role
+        else:
+            membership = selectors.membership_for(user=signed_in_user(request), organization_slug=kwargs["org"])
+            if membership is None:
+                raise NotFound("No such organization.")
+            self.membership, self.organization, self.role = membership, membership.organization, membership.role
+        method = "GET" if request.method in ("HEAD", "OPTIONS") else (request.method or "GET")
+        perm = self.perms.get(method)
+        if perm is not None and not role_can(self.role, perm):
+            raise PermissionDenied(f"Your role ({self.role}) cannot do this.")
+
+    def require(self, perm: Perm) -> None:
+        """Check a further permission inside a handler (e.g. managing someone else's key)."""
+        if not role_can(self.role, perm):
+            raise PermissionDenied(f"Your role ({self.role}) cannot do this.")
 
 
 POLICY_FIELDS = ["allowed_models", "allowed_providers", "routing_strategy", "routing_preference"]
@@ -188,10 +234,12 @@ class OrganizationDetailView(OrganizationScopedView):
     @extend_schema(operation_id="orgs_retrieve", responses=OrganizationSerializer)
     def get(self, request: Request, org: str) -> Response:
         data = OrganizationSerializer(self.organization).data
-        return Response({**data, "role": self.membership.role})
+        return Response({**data, "role": self.role})
 
 
 class APIKeyListView(OrganizationScopedView):
+    perms = {"GET": Perm.KEYS_VIEW, "POST": Perm.KEYS_CREATE}
+
     @extend_schema(responses=APIKeySerializer(many=True))
     def get(self, request: Request, org: str) -> Response:
         keys = selectors.api_keys_for_org(organization=self.organization)
@@ -210,7 +258,7 @@ class APIKeyListView(OrganizationScopedView):
         issued = services.api_key_create(
             organization=self.organization,
             name=data["name"],
-            created_by=signed_in_user(request),
+            created_by=acting_user(request),
             team=team,
             expires_at=data.get("expires_at"),
             allowed_models=data.get("allowed_models", ()),
@@ -225,6 +273,8 @@ class APIKeyListView(OrganizationScopedView):
 class RoutingPolicyView(OrganizationScopedView):
     """The organization's routing policy: any member reads it, owners and admins change it."""
 
+    perms = {"GET": Perm.POLICY_VIEW, "PATCH": Perm.POLICY_MANAGE}
+
     @extend_schema(operation_id="org_routing_policy_retrieve", responses=RoutingPolicySerializer)
     def get(self, request: Request, org: str) -> Response:
         return Response(RoutingPolicySerializer(self.organization).data)
@@ -238,7 +288,7 @@ class RoutingPolicyView(OrganizationScopedView):
         serializer = OrganizationRoutingPolicyUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         updated = services.organization_routing_policy_update(
-            organization=self.organization, actor=signed_in_user(request), **serializer.validated_data
+            organization=self.organization, actor=acting_user(request), **serializer.validated_data
         )
         return Response(RoutingPolicySerializer(updated).data)
 
@@ -252,6 +302,8 @@ class APIKeyScopedView(OrganizationScopedView):
 
 
 class APIKeyDetailView(APIKeyScopedView):
+    perms = {"GET": Perm.KEYS_VIEW, "PATCH": Perm.KEYS_MANAGE}
+
     @extend_schema(responses=APIKeySerializer)
     def get(self, request: Request, org: str, key_id: int) -> Response:
         return Response(APIKeySerializer(self.get_key(key_id)).data)
@@ -262,13 +314,15 @@ class APIKeyDetailView(APIKeyScopedView):
         serializer = APIKeyRoutingPolicyUpdateSerializer(data=request.data, context={"within": self.organization})
         serializer.is_valid(raise_exception=True)
         updated = services.api_key_routing_policy_update(
-            api_key=api_key, actor=signed_in_user(request), **serializer.validated_data
+            api_key=api_key, actor=acting_user(request), **serializer.validated_data
         )
         return Response(APIKeySerializer(updated).data)
 
 
 class APIKeyRevokeView(APIKeyScopedView):
+    perms = {"POST": Perm.KEYS_MANAGE}
+
     @extend_schema(request=None, responses=APIKeySerializer)
     def post(self, request: Request, org: str, key_id: int) -> Response:
-        revoked = services.api_key_revoke(api_key=self.get_key(key_id), actor=signed_in_user(request))
+        revoked = services.api_key_revoke(api_key=self.get_key(key_id), actor=acting_user(request))
         return Response(APIKeySerializer(revoked).data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from asgiref.sync import sync_to_async
@@ -19,8 +19,9 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from muxer_project.errors import APIError, invalid_api_key
+from muxer_project.errors import APIError, invalid_api_key, permission_denied
 from muxer_project.singleflight import SingleFlight
+from routing.pii import PIIPolicy
 
 from . import keys
 from .models import APIKey, RoutingPreference, RoutingStrategy
@@ -48,6 +49,8 @@ class KeyIdentity:
     # Requests and tokens per minute: (key, team, organization); None where no limit is set.
     rpm_limits: tuple[int | None, int | None, int | None] = (None, None, None)
     tpm_limits: tuple[int | None, int | None, int | None] = (None, None, None)
+    scopes: frozenset[str] = frozenset({"proxy"})
+    pii_policy: PIIPolicy = field(default_factory=PIIPolicy)
 
     def may_use(self, model_name: str) -> bool:
         if self.allowed_models and model_name not in self.allowed_models:
@@ -108,6 +111,8 @@ def _query(prefix: str) -> KeyIdentity | None:
             "organization__tpm_limit",
             "team__rpm_limit",
             "team__tpm_limit",
+            "scopes",
+            "organization__pii_policy",
         )
         .first()
     )
@@ -131,7 +136,17 @@ def _query(prefix: str) -> KeyIdentity | None:
         preference=row.routing_preference or org.routing_preference,
         rpm_limits=(row.rpm_limit, row.team.rpm_limit if row.team else None, org.rpm_limit),
         tpm_limits=(row.tpm_limit, row.team.tpm_limit if row.team else None, org.tpm_limit),
+        scopes=frozenset(row.scopes or ()),
+        pii_policy=_pii_policy(org.pii_policy),
     )
+
+
+def _pii_policy(raw: object) -> PIIPolicy:
+    """The organization's stored policy; one that no longer parses guards nothing rather than failing every call."""
+    try:
+        return PIIPolicy.from_dict(raw or {})
+    except ValueError:
+        return PIIPolicy()
 
 
 def _parse_bearer(header: str | None) -> str:
@@ -148,13 +163,15 @@ def _parse_bearer(header: str | None) -> str:
     return token
 
 
-def _check(token: str, identity: KeyIdentity | None) -> KeyIdentity:
+def _check(token: str, identity: KeyIdentity | None, scope: str | None) -> KeyIdentity:
     if identity is None or not hmac.compare_digest(identity.digest, keys.key_digest(token)):
         raise invalid_api_key("Incorrect API key provided.")
     if identity.revoked:
         raise invalid_api_key("This API key has been revoked.")
     if identity.expires_at is not None and identity.expires_at <= timezone.now():
         raise invalid_api_key("This API key has expired.")
+    if scope is not None and scope not in identity.scopes:
+        raise permission_denied(f"This API key lacks the '{scope}' scope.")
     return identity
 
 
@@ -171,25 +188,25 @@ def _remember(prefix: str, identity: KeyIdentity | None) -> None:
     _cache[prefix] = (time.monotonic(), identity)
 
 
-async def authenticate(authorization: str | None) -> KeyIdentity:
-    """Return the identity of a valid key, or raise a 401 :class:`APIError`."""
+async def authenticate(authorization: str | None, scope: str | None = "proxy") -> KeyIdentity:
+    """The identity of a valid key holding ``scope``; else a 401 :class:`APIError` (403 for a missing scope)."""
     token = _parse_bearer(authorization)
     prefix = keys.lookup_prefix(token)
     found, identity = _cached(prefix)
     if not found:
         identity = await _loads.run(prefix, lambda: sync_to_async(_load_in_worker, thread_sensitive=False)(prefix))
         _remember(prefix, identity)
-    return _check(token, identity)
+    return _check(token, identity, scope)
 
 
-def authenticate_sync(authorization: str | None) -> KeyIdentity:
+def authenticate_sync(authorization: str | None, scope: str | None = "proxy") -> KeyIdentity:
     token = _parse_bearer(authorization)
     prefix = keys.lookup_prefix(token)
     found, identity = _cached(prefix)
     if not found:
         identity = _query(prefix)
         _remember(prefix, identity)
-    return _check(token, identity)
+    return _check(token, identity, scope)
 
 
 __all__ = ["APIError", "KeyIdentity", "authenticate", "authenticate_sync", "forget_cached_keys"]

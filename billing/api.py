@@ -30,6 +30,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api import OrganizationScopedView
+from accounts.permissions import Perm
 from accounts.selectors import api_key_get
 
 from . import selectors
@@ -223,6 +224,8 @@ def _csv_lines(rows: list[tuple[Any, ...]]) -> bytes:
 
 
 class UsageQueryMixin(OrganizationScopedView):
+    perms = {"GET": Perm.USAGE_VIEW}
+
     def usage_query(self, request: Request) -> UsageQuery:
         serializer = UsageQuerySerializer(data=request.query_params)
         serializer.is_valid(raise_exception=True)

@@ -1,7 +1,7 @@
 """The billing management API: budgets, console notifications and savings recommendations (DRF).
 
-Every member reads. Owners, admins and the billing role change budgets;
-anyone but a viewer marks notifications read. A non-member gets 404.
+Every member reads and marks notifications read. Owners, admins and the
+billing role change budgets (``accounts.permissions``). A non-member gets 404.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api import OrganizationScopedView, signed_in_user
-from accounts.models import Role
+from accounts.api import OrganizationScopedView, acting_user
+from accounts.permissions import Perm
 
 from . import services
 from .models import Budget, Notification
@@ -30,12 +30,9 @@ from .serializers import (
     RecommendationSerializer,
 )
 
-BUDGET_WRITE_ROLES = frozenset({Role.OWNER, Role.ADMIN, Role.BILLING})
-NOTIFICATION_WRITE_ROLES = frozenset({Role.OWNER, Role.ADMIN, Role.BILLING, Role.MEMBER})
-
 
 class BudgetListView(OrganizationScopedView):
-    write_roles = BUDGET_WRITE_ROLES
+    perms = {"GET": Perm.BUDGETS_VIEW, "POST": Perm.BUDGETS_MANAGE}
 
     @extend_schema(operation_id="budgets_list", responses=BudgetSerializer(many=True))
     def get(self, request: Request, org: str) -> Response:
@@ -48,7 +45,7 @@ class BudgetListView(OrganizationScopedView):
         serializer.is_valid(raise_exception=True)
         try:
             budget = services.budget_create(
-                organization=self.organization, actor=signed_in_user(request), **serializer.validated_data
+                organization=self.organization, actor=acting_user(request), **serializer.validated_data
             )
         except services.BudgetDuplicateError as exc:
             raise serializers.ValidationError({"non_field_errors": [str(exc)]}) from None
@@ -56,7 +53,7 @@ class BudgetListView(OrganizationScopedView):
 
 
 class BudgetDetailView(OrganizationScopedView):
-    write_roles = BUDGET_WRITE_ROLES
+    perms = {"GET": Perm.BUDGETS_VIEW, "PATCH": Perm.BUDGETS_MANAGE, "DELETE": Perm.BUDGETS_MANAGE}
 
     def get_budget(self, budget_id: int) -> Budget:
         budget = services.budget_get(organization=self.organization, budget_id=budget_id)
@@ -73,17 +70,17 @@ class BudgetDetailView(OrganizationScopedView):
         budget = self.get_budget(budget_id)
         serializer = BudgetUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        updated = services.budget_update(budget=budget, actor=signed_in_user(request), **serializer.validated_data)
+        updated = services.budget_update(budget=budget, actor=acting_user(request), **serializer.validated_data)
         return Response(BudgetSerializer(updated).data)
 
     @extend_schema(operation_id="budgets_destroy", responses={204: None})
     def delete(self, request: Request, org: str, budget_id: int) -> Response:
-        services.budget_delete(budget=self.get_budget(budget_id), actor=signed_in_user(request))
+        services.budget_delete(budget=self.get_budget(budget_id), actor=acting_user(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class NotificationListView(OrganizationScopedView):
-    write_roles = NOTIFICATION_WRITE_ROLES
+    perms = {"GET": Perm.ORG_VIEW}
     limit = 100
 
     @extend_schema(
@@ -108,7 +105,7 @@ class NotificationListView(OrganizationScopedView):
 
 
 class NotificationReadView(OrganizationScopedView):
-    write_roles = NOTIFICATION_WRITE_ROLES
+    perms = {"POST": Perm.ORG_VIEW}
 
     @extend_schema(operation_id="notifications_read", request=None, responses=NotificationSerializer)
     def post(self, request: Request, org: str, notification_id: int) -> Response:
@@ -121,6 +118,8 @@ class NotificationReadView(OrganizationScopedView):
 
 
 class RecommendationListView(OrganizationScopedView):
+    perms = {"GET": Perm.BUDGETS_VIEW}
+
     @extend_schema(
         operation_id="recommendations_list",
         parameters=[RecommendationQuerySerializer],

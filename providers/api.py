@@ -10,7 +10,8 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api import OrganizationScopedView, signed_in_user
+from accounts.api import OrganizationScopedView, acting_user
+from accounts.permissions import Perm
 
 from . import services
 from .models import Provider, ProviderCredential
@@ -30,6 +31,8 @@ class ProviderCredentialSetSerializer(serializers.Serializer[Any]):
 
 
 class ProviderCredentialListView(OrganizationScopedView):
+    perms = {"GET": Perm.CREDENTIALS_MANAGE}
+
     @extend_schema(operation_id="org_credentials_list", responses=ProviderCredentialSerializer(many=True))
     def get(self, request: Request, org: str) -> Response:
         rows = ProviderCredential.objects.filter(organization=self.organization).select_related("provider")
@@ -37,6 +40,8 @@ class ProviderCredentialListView(OrganizationScopedView):
 
 
 class ProviderCredentialDetailView(OrganizationScopedView):
+    perms = {"GET": Perm.CREDENTIALS_MANAGE, "PUT": Perm.CREDENTIALS_MANAGE, "DELETE": Perm.CREDENTIALS_MANAGE}
+
     def provider(self, slug: str) -> Provider:
         provider = Provider.objects.filter(slug=slug).exclude(slug="fake").first()
         if provider is None:
@@ -70,11 +75,11 @@ class ProviderCredentialDetailView(OrganizationScopedView):
             organization=self.organization,
             provider=target,
             api_key=serializer.validated_data["api_key"],
-            actor=signed_in_user(request),
+            actor=acting_user(request),
         )
         return Response(ProviderCredentialSerializer(credential).data)
 
     @extend_schema(operation_id="org_credentials_delete", responses={204: None})
     def delete(self, request: Request, org: str, provider: str) -> Response:
-        services.provider_credential_delete(credential=self.credential(provider), actor=signed_in_user(request))
+        services.provider_credential_delete(credential=self.credential(provider), actor=acting_user(request))
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -110,11 +110,12 @@ def test_replacing_a_key_keeps_one_row(tenant: Tenant, stored: ProviderCredentia
 
 
 @pytest.mark.django_db
-def test_a_member_can_list_but_not_set_or_delete(tenant: Tenant, stored: ProviderCredential) -> None:
+def test_a_member_can_neither_see_nor_set_provider_keys(tenant: Tenant, stored: ProviderCredential) -> None:
     client = client_for(tenant.member)
     slug = tenant.organization.slug
 
-    assert client.get(url(slug)).status_code == 200
+    assert client.get(url(slug)).status_code == 403
+    assert client.get(url(slug, "openai")).status_code == 403
     assert client.put(url(slug, "openai"), {"api_key": SECRET}, format="json").status_code == 403
     assert client.delete(url(slug, "openai")).status_code == 403
     assert ProviderCredential.objects.count() == 1
