@@ -38,8 +38,8 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.db.models import Q, Sum
 
+from muxer_project.cached_loader import CachedLoader
 from muxer_project.errors import APIError
-from muxer_project.singleflight import SingleFlight
 from providers.catalog import CatalogModel
 
 from .models import Budget, BudgetPeriod, BudgetScope, UsageRecord
@@ -166,30 +166,18 @@ def _load_rules(organization_id: int) -> OrganizationBudgets:
     return OrganizationBudgets(tuple(rule_from(b, org.timezone) for b in budgets), org.max_output_tokens_cap)
 
 
-def _load_rules_in_worker(organization_id: int) -> OrganizationBudgets:
-    try:
-        return _load_rules(organization_id)
-    finally:
-        close_old_connections()
-
-
-_rules_cache: dict[int, tuple[float, OrganizationBudgets]] = {}
-_rule_loads = SingleFlight()
+_rules: CachedLoader[int, OrganizationBudgets] = CachedLoader(
+    "budgets", _load_rules, lambda: settings.MUXER_BUDGET_CACHE_SECONDS
+)
 
 
 async def organization_budgets(organization_id: int) -> OrganizationBudgets:
     """The organization's enabled budgets, cached in process for ``MUXER_BUDGET_CACHE_SECONDS``."""
-    hit = _rules_cache.get(organization_id)
-    if hit is not None and time.monotonic() - hit[0] < settings.MUXER_BUDGET_CACHE_SECONDS:
-        return hit[1]
-    load = sync_to_async(_load_rules_in_worker, thread_sensitive=False)
-    loaded = await _rule_loads.run(f"budgets:{organization_id}", lambda: load(organization_id))
-    _rules_cache[organization_id] = (time.monotonic(), loaded)
-    return loaded
+    return await _rules.get(organization_id)
 
 
 def forget_budget_rules() -> None:
-    _rules_cache.clear()
+    _rules.forget()
 
 
 # --- the ledger --------------------------------------------------------------------------

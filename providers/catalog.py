@@ -10,17 +10,14 @@ provider's ``api_key_env`` names the variable that holds its key.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
 from django.db.models import Prefetch
 from django.utils import timezone
 
-from muxer_project.singleflight import SingleFlight
+from muxer_project.cached_loader import CachedLoader
 
 from .models import Model, ModelKind, ModelPrice
 
@@ -87,14 +84,6 @@ class Catalog:
         return [m for m in self.models.values() if m.kind == ModelKind.CHAT]
 
 
-def _load_in_worker() -> Catalog:
-    """The load for ``get_catalog``, on a worker thread whose connection nothing else retires."""
-    try:
-        return _load()
-    finally:
-        close_old_connections()
-
-
 def _load() -> Catalog:
     # Two queries: the models with their providers, and every price already in
     # effect, newest first. A price dated later is picked up by the first reload
@@ -140,35 +129,18 @@ def _load() -> Catalog:
     return Catalog(models=entries)
 
 
-_snapshot: tuple[float, Catalog] | None = None
-
-
-def _fresh() -> Catalog | None:
-    if _snapshot is not None and time.monotonic() - _snapshot[0] < settings.MUXER_CATALOG_CACHE_SECONDS:
-        return _snapshot[1]
-    return None
-
-
-def _store(catalog: Catalog) -> Catalog:
-    global _snapshot
-    _snapshot = (time.monotonic(), catalog)
-    return catalog
-
-
-_loads = SingleFlight()
+_catalog: CachedLoader[str, Catalog] = CachedLoader(
+    "catalog", lambda _key: _load(), lambda: settings.MUXER_CATALOG_CACHE_SECONDS
+)
 
 
 async def get_catalog() -> Catalog:
-    fresh = _fresh()
-    if fresh is not None:
-        return fresh
-    return _store(await _loads.run("catalog", sync_to_async(_load_in_worker, thread_sensitive=False)))
+    return await _catalog.get("catalog")
 
 
 def get_catalog_sync() -> Catalog:
-    return _fresh() or _store(_load())
+    return _catalog.get_sync("catalog")
 
 
 def forget_catalog() -> None:
-    global _snapshot
-    _snapshot = None
+    _catalog.forget()

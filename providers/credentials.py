@@ -10,21 +10,16 @@ platform's. An organization without keys of its own costs one dict lookup.
 from __future__ import annotations
 
 import dataclasses
-import time
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
 
-from muxer_project.singleflight import SingleFlight
+from muxer_project.cached_loader import CachedLoader
 
 from . import crypto
 from .catalog import Catalog
 from .models import ProviderCredential
 
-_keys: dict[int, tuple[float, dict[str, str]]] = {}
 _views: dict[int, tuple[Catalog, dict[str, str], Catalog]] = {}
-_loads = SingleFlight()
 
 
 def _load(organization_id: int) -> dict[str, str]:
@@ -32,22 +27,13 @@ def _load(organization_id: int) -> dict[str, str]:
     return {row.provider.slug: crypto.decrypt(row.encrypted_key) for row in rows}
 
 
-def _load_in_worker(organization_id: int) -> dict[str, str]:
-    try:
-        return _load(organization_id)
-    finally:
-        close_old_connections()
+_keys: CachedLoader[int, dict[str, str]] = CachedLoader(
+    "provider-keys", _load, lambda: settings.MUXER_KEY_CACHE_SECONDS
+)
 
 
 async def organization_keys(organization_id: int) -> dict[str, str]:
-    hit = _keys.get(organization_id)
-    if hit is not None and time.monotonic() - hit[0] < settings.MUXER_KEY_CACHE_SECONDS:
-        return hit[1]
-    keys = await _loads.run(
-        organization_id, lambda: sync_to_async(_load_in_worker, thread_sensitive=False)(organization_id)
-    )
-    _keys[organization_id] = (time.monotonic(), keys)
-    return keys
+    return await _keys.get(organization_id)
 
 
 def organization_keys_sync(organization_id: int) -> dict[str, str]:
@@ -72,5 +58,5 @@ def catalog_for(catalog: Catalog, organization_id: int, keys: dict[str, str]) ->
 
 
 def forget_organization_keys() -> None:
-    _keys.clear()
+    _keys.forget()
     _views.clear()

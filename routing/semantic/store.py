@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from pathlib import Path
 
-from asgiref.sync import sync_to_async
-from django.db import close_old_connections
-
-from muxer_project.singleflight import SingleFlight
+from muxer_project.cached_loader import CachedLoader
 
 from .model import SemanticRouterModel
 
@@ -59,46 +55,20 @@ def _load_for_organization(organization_id: int) -> SemanticRouterModel:
         return default_semantic_model()
 
 
-def _load_in_worker(organization_id: int) -> SemanticRouterModel:
-    """The load for ``semantic_model_for``, on a worker thread whose connection nothing else retires."""
-    try:
-        return _load_for_organization(organization_id)
-    finally:
-        close_old_connections()
-
-
-_cache: dict[int, tuple[float, SemanticRouterModel]] = {}
-_loads = SingleFlight()
-
-
-def _fresh(organization_id: int) -> SemanticRouterModel | None:
-    entry = _cache.get(organization_id)
-    if entry is not None and time.monotonic() - entry[0] < ORGANIZATION_MODEL_SECONDS:
-        return entry[1]
-    return None
-
-
-def _store(organization_id: int, model: SemanticRouterModel) -> SemanticRouterModel:
-    _cache[organization_id] = (time.monotonic(), model)
-    return model
+_models: CachedLoader[int, SemanticRouterModel] = CachedLoader(
+    "semantic-router", _load_for_organization, lambda: ORGANIZATION_MODEL_SECONDS
+)
 
 
 async def semantic_model_for(organization_id: int) -> SemanticRouterModel:
     """The organization's newest active trained router, else the shipped default."""
-    fresh = _fresh(organization_id)
-    if fresh is not None:
-        return fresh
-    load = sync_to_async(functools.partial(_load_in_worker, organization_id), thread_sensitive=False)
-    return _store(organization_id, await _loads.run(("semantic-router", organization_id), load))
+    return await _models.get(organization_id)
 
 
 def semantic_model_for_sync(organization_id: int) -> SemanticRouterModel:
-    return _fresh(organization_id) or _store(organization_id, _load_for_organization(organization_id))
+    return _models.get_sync(organization_id)
 
 
 def forget_semantic_models(organization_id: int | None = None) -> None:
     """Drop cached organization routers (one, or all); the default stays loaded."""
-    if organization_id is None:
-        _cache.clear()
-    else:
-        _cache.pop(organization_id, None)
+    _models.forget(organization_id)
