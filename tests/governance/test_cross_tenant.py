@@ -1,0 +1,195 @@
+"""Tenant bravo tries every endpoint and method against tenant alpha: zero successes.
+
+(a) bravo's owner on alpha's organization: 404, and nothing of alpha's changes;
+(b) bravo's owner and admin key on bravo's own organization, naming alpha's objects: 404;
+(c) bravo's admin-scope key on alpha's organization: 404;
+(d) every read on bravo's organization shows none of alpha's data (and does show bravo's where it lists rows);
+and the ``/v1/`` DRF views with bravo's proxy key never reveal alpha's data.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.db import models
+from rest_framework.test import APIClient
+
+from accounts.models import APIKey, Team, User
+from billing.models import Budget, Notification
+
+from .endpoints import (
+    CALLS,
+    ID_FACTORIES,
+    Answer,
+    Endpoint,
+    World,
+    call,
+    discover,
+    org_scoped_calls,
+    tenant_snapshot,
+)
+
+pytestmark = pytest.mark.django_db
+
+CALLS_ON_ORG = org_scoped_calls()
+WITH_FOREIGN_IDS = [
+    (endpoint, method)
+    for endpoint, method in CALLS_ON_ORG
+    if any(ID_FACTORIES[name].tenant_owned for name in endpoint.object_kwargs)
+]
+READS = [(endpoint, method) for endpoint, method in CALLS_ON_ORG if method == "GET" and not endpoint.object_kwargs]
+
+
+def case_id(value: Any) -> str:
+    return f"{value.name}" if isinstance(value, Endpoint) else str(value)
+
+
+def assert_not_found(answer: Answer, what: str) -> None:
+    assert answer.status == 404, f"{what}: expected 404, got {answer.status}: {answer.text[:300]}"
+    assert answer.error_code == "not_found", answer.text[:300]
+
+
+def leaked(text: str, victim: World) -> list[str]:
+    return sorted(marker for marker in victim.markers() if marker in text)
+
+
+@pytest.mark.parametrize(("endpoint", "method"), CALLS_ON_ORG, ids=case_id)
+def test_other_owner_on_our_org_gets_404_and_changes_nothing(
+    endpoint: Endpoint, method: str, alpha: World, bravo: World
+) -> None:
+    before = tenant_snapshot(alpha.organization)
+    answer = call(endpoint, method, bearer=bravo.bearer("owner"), slug=alpha.slug, ids=alpha.ids, body_for=alpha)
+    assert_not_found(answer, f"bravo's owner: {method} {endpoint} on alpha")
+    assert not leaked(answer.text, alpha)
+    assert tenant_snapshot(alpha.organization) == before
+
+
+@pytest.mark.parametrize(("endpoint", "method"), CALLS_ON_ORG, ids=case_id)
+def test_other_admin_key_on_our_org_gets_404_and_changes_nothing(
+    endpoint: Endpoint, method: str, alpha: World, bravo: World
+) -> None:
+    before = tenant_snapshot(alpha.organization)
+    answer = call(endpoint, method, bearer=bravo.bearer("key:admin"), slug=alpha.slug, ids=alpha.ids, body_for=alpha)
+    assert_not_found(answer, f"bravo's admin key: {method} {endpoint} on alpha")
+    assert not leaked(answer.text, alpha)
+    assert tenant_snapshot(alpha.organization) == before
+
+
+@pytest.mark.parametrize("principal", ["owner", "key:admin"])
+@pytest.mark.parametrize(("endpoint", "method"), WITH_FOREIGN_IDS, ids=case_id)
+def test_our_ids_on_their_own_org_get_404_and_change_nothing(
+    endpoint: Endpoint, method: str, principal: str, alpha: World, bravo: World
+) -> None:
+    # Only the ids that name a tenant's row come from alpha; a global one (a provider) stays bravo's.
+    ids = {
+        name: alpha.ids[name] if ID_FACTORIES[name].tenant_owned else bravo.ids[name] for name in endpoint.object_kwargs
+    }
+    before = tenant_snapshot(alpha.organization)
+    answer = call(endpoint, method, bearer=bravo.bearer(principal), slug=bravo.slug, ids=ids, body_for=bravo)
+    assert_not_found(answer, f"bravo's {principal}: {method} {endpoint} on bravo with alpha's ids {ids}")
+    assert not leaked(answer.text, alpha)
+    assert tenant_snapshot(alpha.organization) == before
+
+
+# Fields of a list's rows that hold a row id, and the model the id belongs to.
+ID_FIELDS: dict[str, type[models.Model]] = {"api_key": APIKey, "team": Team, "user": User}
+LIST_ROW_MODELS: dict[str, type[models.Model]] = {
+    "key-list": APIKey,
+    "budget-list": Budget,
+    "notification-list": Notification,
+}
+
+
+def ids_in(data: Any, field: str) -> set[int]:
+    found: set[int] = set()
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if key == field and isinstance(value, int) and not isinstance(value, bool):
+                found.add(value)
+            found |= ids_in(value, field)
+    elif isinstance(data, list):
+        for item in data:
+            found |= ids_in(item, field)
+    return found
+
+
+def alpha_ids(model: type[models.Model], alpha: World) -> set[int]:
+    if model is User:
+        return set(alpha.organization.memberships.values_list("user_id", flat=True))
+    return set(model._default_manager.filter(organization=alpha.organization).values_list("pk", flat=True))
+
+
+@pytest.mark.parametrize("principal", ["owner", "key:admin"])
+@pytest.mark.parametrize(("endpoint", "method"), READS, ids=case_id)
+def test_reads_on_their_org_show_none_of_ours(
+    endpoint: Endpoint, method: str, principal: str, alpha: World, bravo: World
+) -> None:
+    answer = call(endpoint, method, bearer=bravo.bearer(principal), slug=bravo.slug, ids=bravo.ids, body_for=bravo)
+    assert 200 <= answer.status < 300, answer.text[:300]
+    assert not leaked(answer.text, alpha), f"{endpoint} shows alpha's {leaked(answer.text, alpha)}"
+    if CALLS[(endpoint.name, method)].shows_own_rows:
+        assert bravo.label in answer.text, f"{endpoint} should list bravo's own rows: {answer.text[:300]}"
+    try:
+        body = answer.json()
+    except json.JSONDecodeError:
+        return  # CSV: the markers above cover it
+    for field, model in ID_FIELDS.items():
+        assert not ids_in(body, field) & alpha_ids(model, alpha), f"{endpoint} shows alpha's {field} ids"
+    if endpoint.name in LIST_ROW_MODELS:
+        model = LIST_ROW_MODELS[endpoint.name]
+        assert not ids_in(body, "id") & alpha_ids(model, alpha), f"{endpoint} lists alpha's {model.__name__} rows"
+
+
+def test_org_list_shows_only_own(alpha: World, bravo: World) -> None:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=bravo.bearer("owner"))
+    response = client.get("/api/orgs/")
+    assert response.status_code == 200
+    assert [row["slug"] for row in response.json()["data"]] == [bravo.slug]
+
+
+# --- the /v1/ DRF views, with a proxy key ----------------------------------------------------
+
+
+def proxy_client(world: World) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=world.bearer("key:proxy"))
+    return client
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("get", "/v1/models", None),
+        ("get", "/v1/models/gpt-4o-mini", None),
+        ("post", "/v1/route", {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}),
+    ],
+)
+def test_proxy_endpoints_show_none_of_ours(method: str, path: str, body: Any, alpha: World, bravo: World) -> None:
+    client = proxy_client(bravo)
+    response = getattr(client, method)(path, body, format="json") if body else getattr(client, method)(path)
+    assert response.status_code == 200, response.content[:300]
+    assert not leaked(response.content.decode(), alpha)
+
+
+def test_feedback_on_our_request_with_their_key_is_404(alpha: World, bravo: World) -> None:
+    response = proxy_client(bravo).post("/v1/feedback", {"request_id": "req_tenantalpha_1", "rating": 1}, format="json")
+    assert response.status_code == 404, response.content
+    assert response.json()["error"]["code"] == "request_not_found"
+    assert not leaked(response.content.decode(), alpha)
+
+
+def test_feedback_on_own_request_is_accepted(alpha: World, bravo: World) -> None:
+    # The control: the same call with the request's own tenant succeeds, so the 404 above is isolation.
+    response = proxy_client(alpha).post("/v1/feedback", {"request_id": "req_tenantalpha_1", "rating": 5}, format="json")
+    assert response.status_code == 201, response.content
+
+
+def test_the_matrix_is_not_empty() -> None:
+    # Guards against a discovery that quietly finds nothing, which would make every case above vacuous.
+    assert len(CALLS_ON_ORG) >= 20
+    assert len(WITH_FOREIGN_IDS) >= 6
+    assert len(READS) >= 6
+    assert discover()
