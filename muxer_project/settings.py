@@ -217,6 +217,9 @@ WHITENOISE_USE_FINDERS = not PRODUCTION
 # --- Gateway ---------------------------------------------------------------
 # Largest request body the proxy accepts, in bytes.
 MUXER_MAX_BODY_BYTES = env.int("MUXER_MAX_BODY_BYTES", default=8 * 1024 * 1024)
+# Most messages in one request, and most estimated input tokens (the named model's context window also applies).
+MUXER_MAX_MESSAGES = env.int("MUXER_MAX_MESSAGES", default=1000)
+MUXER_MAX_INPUT_TOKENS = env.int("MUXER_MAX_INPUT_TOKENS", default=1_000_000)
 # How long a process trusts its cached copy of an API key. Revocation reaches
 # every process within this many seconds.
 MUXER_KEY_CACHE_SECONDS = env.float("MUXER_KEY_CACHE_SECONDS", default=2.0)

@@ -37,7 +37,7 @@ from billing.budgets import (
 from billing.pricing import cost_usd
 from billing.tokens import estimate_text_tokens
 from billing.usage import UsageEvent, usage_emit
-from muxer_project.errors import APIError
+from muxer_project.errors import APIError, invalid_request
 from providers.adapters import ChatResult, ChatStream, EmbeddingResult, ProviderError, Usage, adapter_for
 from providers.catalog import CallTimeouts, CatalogModel, get_catalog
 from providers.credentials import catalog_for, organization_keys
@@ -45,6 +45,17 @@ from providers.http import call_timeouts
 from providers.resilience import backoff_seconds, breaker, counts_against_provider, latency
 
 from .cascade import AnswerScore, score_answer
+from .limits import check_context_window, check_input_tokens, check_message_count
+from .pii import (
+    CompletionStreamRestorer,
+    GuardResult,
+    PIIAction,
+    PIIEntity,
+    PIIPolicy,
+    Restorer,
+    describe_counts,
+    guard,
+)
 from .ratelimit import admit
 from .schema import (
     ChatRequest,
@@ -86,6 +97,8 @@ class GatewayConsumer(AsyncConsumer):
     methods = frozenset({"POST"})
     # The x-ratelimit-* headers of the limits this request was counted against; on every response.
     rate_headers: Headers = []
+    # x-muxer-pii (the entity types found in the request and how often); on every response once known.
+    pii_headers: Headers = []
 
     async def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:  # type: ignore[override]
         self.scope = scope
@@ -175,6 +188,7 @@ class GatewayConsumer(AsyncConsumer):
                     (b"content-type", content_type),
                     (b"x-request-id", self.request_id.encode()),
                     *self.rate_headers,
+                    *self.pii_headers,
                     *headers,
                 ],
             }
@@ -314,6 +328,82 @@ class RoutedConsumer(GatewayConsumer):
     # For savings reports: the heuristic's score of the prompt, and a hash of the request as a cache keys it.
     complexity: float | None = None
     fingerprint = ""
+    # The PII guard: the entity types found and how often, and the originals of the placeholders
+    # that masking sent upstream (None: nothing to put back in the answer).
+    pii_counts: dict[PIIEntity, int] | None = None
+    restorer: Restorer | None = None
+
+    def pii_restore_wanted(self) -> bool:
+        """``X-Muxer-PII-Restore``: whether masked values are put back in the answer (the default) or left masked."""
+        raw = self.header(b"x-muxer-pii-restore")
+        if raw is None:
+            return True
+        value = raw.strip().lower()
+        if value in ("true", "1", "yes"):
+            return True
+        if value in ("false", "0", "no"):
+            return False
+        raise invalid_request("'X-Muxer-PII-Restore' must be true or false.", param="X-Muxer-PII-Restore")
+
+    def apply_pii_policy(self, policy: PIIPolicy, messages: list[dict[str, Any]], *, param: str) -> GuardResult | None:
+        """Apply the organization's PII policy to the texts about to leave for a provider.
+
+        What was found becomes the ``x-muxer-pii`` header and one log line, both
+        entity types and counts only. A blocked type refuses the request with a 400
+        before anything is counted, held or sent. None when nothing was found.
+        """
+        result = guard(messages, policy)
+        if not result.counts:
+            return None
+        found = describe_counts(result.counts)
+        self.pii_counts = result.counts
+        self.pii_headers = [(b"x-muxer-pii", found.encode())]
+        by_action: dict[PIIAction, list[str]] = {}
+        for entity in sorted(result.counts, key=lambda e: e.value):
+            by_action.setdefault(policy.action_for(entity), []).append(entity.value)
+        outcome = "; ".join(f"{action.value}: {', '.join(names)}" for action, names in sorted(by_action.items()))
+        logger.info("request %s: PII found (%s); %s", self.request_id, found, outcome)
+        if result.blocked:
+            names = sorted(entity.value for entity in result.blocked_entities)
+            raise APIError(
+                400,
+                f"This organization's PII policy blocks requests containing: {', '.join(names)}. "
+                "Remove them and send the request again.",
+                code="pii_blocked",
+                param=param,
+            )
+        return result
+
+    def guard_chat(self, identity: KeyIdentity, request: ChatRequest) -> None:
+        """Mask (or refuse) PII in what the client sent: every message's text and text parts, system
+        prompts, tool results and tool call arguments, and the ``user`` field. Tool definitions
+        (written by the developer, not the end user), images and files are not read."""
+        restore = self.pii_restore_wanted()
+        policy = identity.pii_policy
+        if policy.is_off:
+            return
+        payload = request.payload
+        user = payload.get("user")
+        texts = payload["messages"]
+        if isinstance(user, str):
+            texts = [*texts, {"role": "user", "content": user}]
+        result = self.apply_pii_policy(policy, texts, param="messages")
+        if result is None or not result.restorer:
+            return
+        messages = result.messages
+        if isinstance(user, str):
+            payload["user"] = messages.pop()["content"]
+        # Every attempt (retries, fallbacks, a cascade's steps), the router and the usage notes see only these.
+        request.replace_messages(messages)
+        if restore:
+            self.restorer = result.restorer
+
+    def restore_answer(self, body: dict[str, Any]) -> None:
+        if self.restorer is not None:
+            self.restorer.restore_completion(body)
+
+    def answer_restorer(self) -> CompletionStreamRestorer | None:
+        return None if self.restorer is None else CompletionStreamRestorer(self.restorer)
 
     async def _call_route(
         self,
@@ -503,8 +593,11 @@ class RoutedConsumer(GatewayConsumer):
         return RoutingOptions()
 
     async def admit_and_route(self, identity: KeyIdentity, request: ChatRequest) -> RouteDecision:
-        """What every chat-shaped endpoint does before calling a provider: count the request against the rate
-        limits, choose its route, note what the usage record keeps, and hold its worst case against the budgets."""
+        """What every chat-shaped endpoint does before calling a provider: apply the input limits and the PII
+        policy, count the request against the rate limits, choose its route, note what the usage record keeps,
+        and hold its worst case against the budgets."""
+        check_input_tokens(request.prompt_tokens)
+        self.guard_chat(identity, request)
         tokens = request.prompt_tokens + (request.max_output_tokens or settings.MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS)
         self.rate_headers = await admit(identity, tokens)
         options = self.routing_options()
@@ -512,6 +605,11 @@ class RoutedConsumer(GatewayConsumer):
             name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip()
         )
         catalog = await get_catalog()
+        if not request.routed:
+            named = catalog.get(request.model)
+            # Only a model the key may use: for any other, the router's refusal says why.
+            if named is not None and identity.may_use(named.name) and identity.allows_provider(named.provider):
+                check_context_window(named, request.prompt_tokens, request.max_output_tokens)
         own_keys = await organization_keys(identity.organization_id)
         scorer = PromptScore(await semantic_model_for(identity.organization_id)) if request.routed else None
         route = select_route(
@@ -580,6 +678,7 @@ class ChatCompletionsConsumer(RoutedConsumer):
     async def handle(self, body: bytes) -> None:
         identity = await authenticate(self.header(b"authorization"))
         request = parse_chat_request(body)
+        check_message_count(len(request.payload["messages"]))
         route = await self.admit_and_route(identity, request)
         try:
             if route.escalations:
@@ -619,6 +718,7 @@ class ChatCompletionsConsumer(RoutedConsumer):
         upstream_started = time.perf_counter()
         model, result, usage = await self._call_chat(identity, request, route)
         upstream_ms = (time.perf_counter() - upstream_started) * 1000
+        self.restore_answer(result.body)
         event = self._usage_event(identity, model, usage, status="ok", http_status=200, stream=False)
         # Settled before the answer goes out, so the client's next request sees this one's hold released.
         await self.settle_budget()
@@ -676,6 +776,7 @@ class ChatCompletionsConsumer(RoutedConsumer):
             chosen = max(range(len(answers)), key=lambda i: (answers[i][3].score, i))
             model, result, usage, verdict, step_number = answers[chosen]
             self.step = step_number
+            self.restore_answer(result.body)
             headers = self._route_headers(model, replace(route, model=steps[step_number - 1]))
             headers.append((b"x-muxer-cascade", self._trail(answers).encode()))
             headers.append((b"x-muxer-cost-usd", format(spent, "f").encode()))
@@ -776,6 +877,7 @@ class ChatCompletionsConsumer(RoutedConsumer):
         headers = self._route_headers(model, route)
         if cascade_trail is not None:
             headers.append((b"x-muxer-cascade", cascade_trail.encode()))
+        restoring = self.answer_restorer()
         try:
             await self.start_response(
                 200,
@@ -785,6 +887,8 @@ class ChatCompletionsConsumer(RoutedConsumer):
             try:
                 async with asyncio.timeout(model.call_timeouts.total):
                     async for chunk in chunks:
+                        if restoring is not None:
+                            restoring.feed(chunk)
                         if first is None and "choices" in chunk:
                             first = chunk
                         if request.include_usage and "choices" in chunk:
@@ -858,7 +962,10 @@ class EmbeddingsConsumer(RoutedConsumer):
     async def handle(self, body: bytes) -> None:
         identity = await authenticate(self.header(b"authorization"))
         request = parse_embedding_request(body)
-        self.rate_headers = await admit(identity, sum(estimate_text_tokens(len(text)) for text in request.texts))
+        input_tokens = sum(estimate_text_tokens(len(text)) for text in request.texts)
+        check_input_tokens(input_tokens, param="input")
+        self.guard_input(identity, request)
+        self.rate_headers = await admit(identity, input_tokens)
         catalog = await get_catalog()
         own_keys = await organization_keys(identity.organization_id)
         model = select_embedding_model(
@@ -870,6 +977,26 @@ class EmbeddingsConsumer(RoutedConsumer):
             await self._embed(identity, request, route)
         finally:
             await self.settle_budget()
+
+    def guard_input(self, identity: KeyIdentity, request: EmbeddingRequest) -> None:
+        """Mask (or refuse) PII in the texts to embed; token-id inputs carry no readable text. Nothing is
+        restored: vectors hold no text to put it back into."""
+        policy = identity.pii_policy
+        if policy.is_off:
+            return
+        raw = request.payload["input"]
+        if isinstance(raw, str):
+            texts = [raw]
+        elif all(isinstance(item, str) for item in raw):
+            texts = raw
+        else:
+            return
+        result = self.apply_pii_policy(policy, [{"content": text} for text in texts], param="input")
+        if result is None or not result.restorer:
+            return
+        masked = [message["content"] for message in result.messages]
+        request.payload["input"] = masked[0] if isinstance(raw, str) else masked
+        request.texts = masked
 
     async def _embed(self, identity: KeyIdentity, request: EmbeddingRequest, route: RouteDecision) -> None:
         async def start(target: CatalogModel) -> EmbeddingResult:

@@ -63,6 +63,7 @@ from providers.adapters import ChatResult, Usage, adapter_for
 from providers.catalog import CatalogModel
 
 from .consumers import ChatCompletionsConsumer, Headers, OpenedStream, RoutedConsumer, _completion_chars, open_stream
+from .limits import check_message_count
 from .schema import ChatRequest, _json_object, parse_chat_request
 from .selection import RouteDecision
 
@@ -121,8 +122,16 @@ def error_type(status: int) -> str:
     return ERROR_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
 
 
-def error_body(status: int, message: str, request_id: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": error_type(status), "message": message}, "request_id": request_id}
+# Refusals of the gateway's own that a client may need to tell apart carry OpenAI's ``code`` beside
+# Anthropic's ``type``; the SDKs keep unknown fields in the error body.
+GATEWAY_CODES = frozenset({"pii_blocked", "too_many_messages", "context_length_exceeded"})
+
+
+def error_body(status: int, message: str, request_id: str, code: str | None = None) -> dict[str, Any]:
+    error = {"type": error_type(status), "message": message}
+    if code in GATEWAY_CODES:
+        error["code"] = code
+    return {"type": "error", "error": error, "request_id": request_id}
 
 
 # --- the Anthropic request -> an OpenAI request --------------------------------------
@@ -493,7 +502,12 @@ def translate_request(payload: dict[str, Any]) -> dict[str, Any]:
 
 def parse_messages_request(body: bytes) -> ChatRequest:
     """Validate an Anthropic Messages body and return it as the chat request it translates to."""
-    return parse_chat_request(orjson.dumps(translate_request(_json_object(body))))
+    payload = _json_object(body)
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        # The client's turns, not the translation's (which adds the system prompt and splits tool results).
+        check_message_count(len(messages))
+    return parse_chat_request(orjson.dumps(translate_request(payload)))
 
 
 # --- an OpenAI answer -> an Anthropic message ----------------------------------------
@@ -720,7 +734,7 @@ class MessagesConsumer(RoutedConsumer):
     async def send_error(self, exc: APIError) -> None:
         headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
         headers.append((b"request-id", self.request_id.encode()))
-        body = error_body(exc.status, exc.message, self.request_id)
+        body = error_body(exc.status, exc.message, self.request_id, exc.code)
         await self.send_json(exc.status, orjson.dumps(body), headers)
 
     def _headers(self, model: CatalogModel, route: RouteDecision) -> Headers:
@@ -741,6 +755,7 @@ class MessagesConsumer(RoutedConsumer):
             usage.input_tokens = request.prompt_tokens
             usage.output_tokens = estimate_text_tokens(_completion_chars(result.body))
         event = self._usage_event(identity, model, usage, status="ok", http_status=200, stream=False)
+        self.restore_answer(result.body)
         message = message_from_completion(result.body, usage, model_name=model.name)
         headers = self._headers(model, route)
         headers.append((b"x-muxer-cost-usd", event["cost_usd"].encode()))
@@ -758,6 +773,7 @@ class MessagesConsumer(RoutedConsumer):
         stream, chunks = opened.stream, opened.chunks
         progress = stream.progress
         encoder = MessageStreamEncoder(model_name=model.name, input_tokens=request.prompt_tokens)
+        restoring = self.answer_restorer()
         status, http_status, error_code = "ok", 200, ""
         try:
             await self.start_response(
@@ -771,6 +787,8 @@ class MessagesConsumer(RoutedConsumer):
                     error = progress.error or chunk["error"]
                     failure = error if isinstance(error, dict) else {"message": str(error)}
                     break
+                if restoring is not None:
+                    restoring.feed(chunk)
                 events = encoder.feed(chunk)
                 if events:
                     await self.send_body(events, more=True)

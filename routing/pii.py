@@ -33,6 +33,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 
@@ -108,8 +109,9 @@ class PIIPolicy:
     def action_for(self, entity: PIIEntity) -> PIIAction:
         return self.actions.get(entity, self.default)
 
-    @property
+    @cached_property
     def is_off(self) -> bool:
+        """Whether nothing is detected at all; worked out once, since the proxy asks on every request."""
         return all(self.action_for(entity) is PIIAction.OFF for entity in PIIEntity)
 
     @classmethod
@@ -586,17 +588,41 @@ class Restorer:
             text,
         )
 
-    def stream(self) -> StreamRestorer:
-        """A restorer for one stream of deltas (one per choice, and one per tool call's arguments)."""
-        return StreamRestorer(self)
+    def stream(self, *, json: bool = False) -> StreamRestorer:
+        """A restorer for one stream of deltas (one per choice, and one per tool call's arguments, with ``json``)."""
+        return StreamRestorer(self, json=json)
+
+    def restore_completion(self, body: dict[str, Any]) -> None:
+        """Restore an OpenAI ``chat.completion`` in place: each choice's content, refusal and call arguments."""
+        if not self._originals:
+            return
+        for choice in _dicts(body.get("choices")):
+            message = choice.get("message")
+            if not isinstance(message, dict):
+                continue
+            for key in ("content", "refusal"):
+                value = message.get(key)
+                if isinstance(value, str):
+                    message[key] = self.restore(value)
+                else:
+                    for part in _dicts(value):
+                        if isinstance(part.get("text"), str):
+                            part["text"] = self.restore(part["text"])
+            for function in _functions(message):
+                function["arguments"] = self.restore_in_json(function["arguments"])
 
 
 class StreamRestorer:
     """Restores streamed text, holding back a chunk's tail that may be the start of a split placeholder."""
 
-    def __init__(self, restorer: Restorer) -> None:
+    def __init__(self, restorer: Restorer, *, json: bool = False) -> None:
         self._restorer = restorer
+        self._restore = restorer.restore_in_json if json else restorer.restore
         self._pending = ""
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
 
     def feed(self, chunk: str) -> str:
         text = self._pending + chunk
@@ -607,11 +633,88 @@ class StreamRestorer:
         if bracket != -1 and _could_become_placeholder(text[bracket:]):
             self._pending = text[bracket:]
             text = text[:bracket]
-        return self._restorer.restore(text)
+        return self._restore(text)
 
     def flush(self) -> str:
         text, self._pending = self._pending, ""
-        return self._restorer.restore(text)
+        return self._restore(text)
+
+
+class CompletionStreamRestorer:
+    """Restores a stream of OpenAI ``chat.completion.chunk`` objects in place, chunk by chunk.
+
+    Each choice's content and refusal, and each tool call's arguments, has a
+    ``StreamRestorer`` of its own, so a placeholder split across chunks is put
+    back whole. Text held back at a choice's end goes out with its finish reason.
+    """
+
+    def __init__(self, restorer: Restorer) -> None:
+        self._restorer = restorer
+        self._texts: dict[tuple[int, str], StreamRestorer] = {}
+        self._arguments: dict[tuple[int, int], StreamRestorer] = {}
+
+    def feed(self, chunk: dict[str, Any]) -> None:
+        for choice in _dicts(chunk.get("choices")):
+            index = choice.get("index", 0)
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                delta = {}
+            for key in ("content", "refusal"):
+                text = delta.get(key)
+                if isinstance(text, str) and text:
+                    delta[key] = self._stream(self._texts, (index, key), False).feed(text)
+            for position, function in _delta_functions(delta):
+                function["arguments"] = self._stream(self._arguments, (index, position), True).feed(
+                    function["arguments"]
+                )
+            if choice.get("finish_reason") and self._finish(index, delta):
+                choice["delta"] = delta
+
+    def _stream(self, streams: dict[Any, StreamRestorer], key: Any, json: bool) -> StreamRestorer:
+        stream = streams.get(key)
+        if stream is None:
+            stream = streams[key] = self._restorer.stream(json=json)
+        return stream
+
+    def _finish(self, index: int, delta: dict[str, Any]) -> bool:
+        """Add what the choice's streams still hold to its last delta; whether there was any."""
+        held = False
+        for (choice, key), stream in self._texts.items():
+            if choice == index and stream.pending:
+                delta[key] = (delta.get(key) or "") + stream.flush()
+                held = True
+        for (choice, position), stream in self._arguments.items():
+            if choice == index and stream.pending:
+                if position == -1:
+                    function = delta.setdefault("function_call", {})
+                    function["arguments"] = (function.get("arguments") or "") + stream.flush()
+                else:
+                    calls = delta.setdefault("tool_calls", [])
+                    calls.append({"index": position, "function": {"arguments": stream.flush()}})
+                held = True
+        return held
+
+
+def _dicts(value: Any) -> Iterable[dict[str, Any]]:
+    return (item for item in value if isinstance(item, dict)) if isinstance(value, list) else ()
+
+
+def _functions(message: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    """The function objects with string arguments in a message: its tool calls' and a legacy function call."""
+    functions = [call.get("function") for call in _dicts(message.get("tool_calls"))]
+    functions.append(message.get("function_call"))
+    return (f for f in functions if isinstance(f, dict) and isinstance(f.get("arguments"), str))
+
+
+def _delta_functions(delta: dict[str, Any]) -> Iterable[tuple[int, dict[str, Any]]]:
+    """(tool call position, function) pairs with string arguments in a stream delta; a legacy call is position -1."""
+    for call in _dicts(delta.get("tool_calls")):
+        function = call.get("function")
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            yield call.get("index", 0), function
+    legacy = delta.get("function_call")
+    if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+        yield -1, legacy
 
 
 def _could_become_placeholder(tail: str) -> bool:
@@ -663,6 +766,11 @@ def mask(text: str) -> tuple[str, Restorer]:
     masker = _Masker(set(PLACEHOLDER.findall(text)) if "[" in text else set())
     masked = masker.mask(text, scan(text))
     return masked, Restorer(masker.originals)
+
+
+def describe_counts(counts: Mapping[PIIEntity, int]) -> str:
+    """``email=1,phone=2``: the entity types found and how often, by name; never a value."""
+    return ",".join(f"{entity.value}={counts[entity]}" for entity in sorted(counts, key=lambda e: e.value))
 
 
 # --- chat messages --------------------------------------------------------------------------------

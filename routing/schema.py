@@ -105,6 +105,11 @@ class ChatRequest:
             self._prompt_tokens = estimate_prompt_tokens(self.payload["messages"])
         return self._prompt_tokens
 
+    def replace_messages(self, messages: list[dict[str, Any]]) -> None:
+        """Send other messages (the PII guard's masked copies); the token estimate follows them."""
+        self.payload["messages"] = messages
+        self._prompt_tokens = None
+
     @property
     def routed(self) -> bool:
         """Whether the gateway picks the model (``auto`` or a strategy alias) rather than the client."""
