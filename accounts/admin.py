@@ -1,4 +1,4 @@
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin
@@ -88,10 +88,15 @@ class OrganizationAdmin(admin.ModelAdmin[Organization]):
         if not change:
             super().save_model(request, obj, form, change)
             return
-        # The policy goes through its service, which audits it; the rest is a plain save.
-        plain = [field for field in form.changed_data if field not in POLICY_FIELDS]
-        if plain:
-            obj.save(update_fields=plain)
+        # Everything goes through the services, which audit it; only the slug (operators' alone) is a plain save.
+        if "slug" in form.changed_data:
+            obj.save(update_fields=["slug"])
+        values = {field: form.cleaned_data[field] for field in (*LIMIT_FIELDS, *BILLING_FIELDS, "name")}
+        changed = {field: value for field, value in values.items() if field in form.changed_data}
+        if changed:
+            services.organization_update(
+                organization=obj, actor=acting_user(request), changes=cast(services.OrganizationChanges, changed)
+            )
         changes = policy_changes(form)
         if changes:
             services.organization_routing_policy_update(organization=obj, actor=acting_user(request), **changes)
@@ -116,8 +121,8 @@ class APIKeyAdminForm(forms.ModelForm[APIKey]):
 
 @admin.register(APIKey)
 class APIKeyAdmin(admin.ModelAdmin[APIKey]):
-    """Keys are issued and revoked through services (which audit them); only the routing policy and rate limits
-    are edited here."""
+    """Keys are issued, rotated and revoked through the API's services (which audit them); only the routing
+    policy and rate limits are edited here, through the same service."""
 
     form = APIKeyAdminForm
     list_display = [
@@ -136,9 +141,11 @@ class APIKeyAdmin(admin.ModelAdmin[APIKey]):
         return False
 
     def save_model(self, request: HttpRequest, obj: APIKey, form: Any, change: bool) -> None:
-        limits = [field for field in form.changed_data if field in LIMIT_FIELDS]
-        if limits:
-            obj.save(update_fields=limits)
-        changes = policy_changes(form)
+        changes = {
+            **policy_changes(form),
+            **{field: form.cleaned_data[field] for field in LIMIT_FIELDS if field in form.changed_data},
+        }
         if changes:
-            services.api_key_routing_policy_update(api_key=obj, actor=acting_user(request), **changes)
+            services.api_key_update(
+                api_key=obj, actor=acting_user(request), changes=cast(services.APIKeyChanges, changes)
+            )

@@ -1,11 +1,19 @@
-"""The management API for organizations and API keys (DRF)."""
+"""The management API (DRF): organizations, teams, members, invitations and API keys.
+
+Callers authenticate with a JWT, the console session, or an API key with the
+``read`` or ``admin`` scope (acting as a viewer or an admin). Each view names
+the permission every method needs (``accounts.permissions``); a non-member
+gets 404 for everything under ``/api/orgs/<org>/``, and every object is looked
+up inside the caller's organization, so another tenant's id is a 404 too.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
-from django.utils import timezone
+from django.conf import settings
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.authentication import BaseAuthentication
@@ -16,8 +24,34 @@ from rest_framework.views import APIView
 
 from . import keys, selectors, services
 from .auth import KeyIdentity, authenticate_sync
-from .models import APIKey, KeyScope, Membership, Organization, RoutingPreference, RoutingStrategy, Team, User
-from .permissions import SCOPE_ROLES, Perm, role_can
+from .models import APIKey, Invitation, KeyScope, Membership, Organization, Team, User
+from .permissions import SCOPE_ROLES, Perm, assignable_roles, role_can
+from .serializers import (
+    AcceptedInvitationSerializer,
+    APIKeyCreateSerializer,
+    APIKeyRotateSerializer,
+    APIKeySerializer,
+    APIKeyUpdateSerializer,
+    InvitationAcceptSerializer,
+    InvitationCreateSerializer,
+    InvitationSerializer,
+    IssuedInvitationSerializer,
+    IssuedKeySerializer,
+    MemberRemoveQuerySerializer,
+    MemberSerializer,
+    MembershipUpdateSerializer,
+    OrganizationRoutingPolicyUpdateSerializer,
+    OrganizationSerializer,
+    OrganizationUpdateSerializer,
+    RoutingPolicySerializer,
+    TeamCreateSerializer,
+    TeamSerializer,
+    TeamUpdateSerializer,
+    WebhookSecretSerializer,
+)
+
+# Where the console accepts an invitation; the email links here with ``?token=``.
+INVITATION_ACCEPT_PATH = "/invitations/accept/"
 
 
 class KeyPrincipal:
@@ -52,6 +86,18 @@ class ManagementKeyAuthentication(APIKeyAuthentication):
     scope = None
 
 
+class ManagementKeyAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+    target_class = "accounts.api.ManagementKeyAuthentication"
+    name = "ModelMuxerManagementKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A ModelMuxer API key with the 'read' (viewer) or 'admin' (admin) scope, mm_live_...",
+        }
+
+
 def _bears_api_key(header: str | None) -> bool:
     scheme, _, token = (header or "").partition(" ")
     return scheme.lower() == "bearer" and token.strip().startswith(keys.TYPE_PREFIXES)
@@ -82,7 +128,7 @@ class OrganizationScopedView(APIView):
     """Resolves ``<org>`` from the URL through the caller's membership, or its API key.
 
     ``perms`` maps each HTTP method to the permission it needs (HEAD and
-    OPTIONS use GET's). A non-member, or a key of another organization, gets
+    OPTIONS use GET's); a handler missing from it is refused. A non-member, or a key of another organization, gets
     404 as if the organization did not exist; a member whose role lacks the
     permission gets 403. Subclasses read ``self.organization`` and
     ``self.role`` and never look tenants up themselves.
@@ -114,6 +160,9 @@ class OrganizationScopedView(APIView):
             self.membership, self.organization, self.role = membership, membership.organization, membership.role
         method = "GET" if request.method in ("HEAD", "OPTIONS") else (request.method or "GET")
         perm = self.perms.get(method)
+        if perm is None and hasattr(self, method.lower()):
+            # A handler without a permission is a mistake: refuse rather than let every member in.
+            raise PermissionDenied("This action is not available.")
         if perm is not None and not role_can(self.role, perm):
             raise PermissionDenied(f"Your role ({self.role}) cannot do this.")
 
@@ -123,104 +172,17 @@ class OrganizationScopedView(APIView):
             raise PermissionDenied(f"Your role ({self.role}) cannot do this.")
 
 
-POLICY_FIELDS = ["allowed_models", "allowed_providers", "routing_strategy", "routing_preference"]
+def grantable_scopes(role: str) -> frozenset[str]:
+    """The key scopes ``role`` may give: proxy and read with KEYS_CREATE, admin only for owners and admins."""
+    scopes: set[str] = set()
+    if role_can(role, Perm.KEYS_CREATE):
+        scopes |= {KeyScope.PROXY.value, KeyScope.READ.value}
+    if role_can(role, Perm.ORG_UPDATE):
+        scopes.add(KeyScope.ADMIN.value)
+    return frozenset(scopes)
 
 
-class OrganizationSerializer(serializers.ModelSerializer[Organization]):
-    class Meta:
-        model = Organization
-        fields = ["id", "name", "slug", *POLICY_FIELDS, "created_at"]
-
-
-class RoutingPolicySerializer(serializers.ModelSerializer[Organization]):
-    class Meta:
-        model = Organization
-        fields = POLICY_FIELDS
-
-
-class APIKeySerializer(serializers.ModelSerializer[APIKey]):
-    created_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(slug_field="email", read_only=True)
-    status = serializers.SerializerMethodField()
-
-    class Meta:
-        model = APIKey
-        fields = [
-            "id", "name", "prefix", "team", "created_by", "created_at", "last_used_at",
-            "expires_at", "revoked_at", "allowed_models", "allowed_providers", "routing_strategy",
-            "routing_preference", "status",
-        ]  # fmt: skip
-
-    def get_status(self, obj: APIKey) -> str:
-        if obj.revoked_at is not None:
-            return "revoked"
-        if obj.expires_at is not None and obj.expires_at <= timezone.now():
-            return "expired"
-        return "active"
-
-
-def model_names() -> serializers.ListField:
-    return serializers.ListField(child=serializers.CharField(max_length=120), required=False, max_length=500)
-
-
-def provider_slugs() -> serializers.ListField:
-    return serializers.ListField(child=serializers.CharField(max_length=40), required=False, max_length=50)
-
-
-class RoutingPolicyInput(serializers.Serializer[Any]):
-    """Checks a policy's lists against the catalog and, with ``within`` in the
-    context, against the organization's policy (a key may narrow it, never widen it)."""
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        problems = selectors.routing_policy_problems(
-            allowed_models=attrs.get("allowed_models"),
-            allowed_providers=attrs.get("allowed_providers"),
-            within=self.context.get("within"),
-        )
-        if problems:
-            raise serializers.ValidationError(problems)
-        return attrs
-
-
-class StrictRoutingPolicyInput(RoutingPolicyInput):
-    """A PATCH body: only the policy's own fields, so a misspelt one is an error, not a no-op."""
-
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        if isinstance(data, Mapping):
-            extra = sorted(set(data) - set(self.fields))
-            if extra:
-                raise serializers.ValidationError({extra[0]: ["is not a routing policy field."]})
-        return super().to_internal_value(data)
-
-
-class OrganizationRoutingPolicyUpdateSerializer(StrictRoutingPolicyInput):
-    allowed_models = model_names()
-    allowed_providers = provider_slugs()
-    routing_strategy = serializers.ChoiceField(choices=RoutingStrategy.choices, required=False)
-    routing_preference = serializers.ChoiceField(choices=RoutingPreference.choices, required=False)
-
-
-class APIKeyRoutingPolicyUpdateSerializer(StrictRoutingPolicyInput):
-    """Blank strategy or preference: use the organization's."""
-
-    allowed_models = model_names()
-    allowed_providers = provider_slugs()
-    routing_strategy = serializers.ChoiceField(choices=RoutingStrategy.choices, required=False, allow_blank=True)
-    routing_preference = serializers.ChoiceField(choices=RoutingPreference.choices, required=False, allow_blank=True)
-
-
-class APIKeyCreateSerializer(RoutingPolicyInput):
-    name = serializers.CharField(max_length=200)
-    team = serializers.IntegerField(required=False, allow_null=True)
-    expires_at = serializers.DateTimeField(required=False, allow_null=True)
-    allowed_models = model_names()
-    allowed_providers = provider_slugs()
-    routing_strategy = serializers.ChoiceField(choices=RoutingStrategy.choices, required=False, allow_blank=True)
-    routing_preference = serializers.ChoiceField(choices=RoutingPreference.choices, required=False, allow_blank=True)
-
-    def validate_expires_at(self, value: Any) -> Any:
-        if value is not None and value <= timezone.now():
-            raise serializers.ValidationError("must be in the future.")
-        return value
+# --- organizations ------------------------------------------------------------------------------
 
 
 class OrganizationListView(APIView):
@@ -231,43 +193,36 @@ class OrganizationListView(APIView):
 
 
 class OrganizationDetailView(OrganizationScopedView):
+    """The organization and its settings: every member reads them, owners and admins change them."""
+
+    perms = {"GET": Perm.ORG_VIEW, "PATCH": Perm.ORG_UPDATE}
+
     @extend_schema(operation_id="orgs_retrieve", responses=OrganizationSerializer)
     def get(self, request: Request, org: str) -> Response:
         data = OrganizationSerializer(self.organization).data
         return Response({**data, "role": self.role})
 
-
-class APIKeyListView(OrganizationScopedView):
-    perms = {"GET": Perm.KEYS_VIEW, "POST": Perm.KEYS_CREATE}
-
-    @extend_schema(responses=APIKeySerializer(many=True))
-    def get(self, request: Request, org: str) -> Response:
-        keys = selectors.api_keys_for_org(organization=self.organization)
-        return Response({"object": "list", "data": APIKeySerializer(keys, many=True).data})
-
-    @extend_schema(request=APIKeyCreateSerializer, responses={201: APIKeySerializer})
-    def post(self, request: Request, org: str) -> Response:
-        serializer = APIKeyCreateSerializer(data=request.data, context={"within": self.organization})
+    @extend_schema(operation_id="orgs_update", request=OrganizationUpdateSerializer, responses=OrganizationSerializer)
+    def patch(self, request: Request, org: str) -> Response:
+        serializer = OrganizationUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        team = None
-        if data.get("team") is not None:
-            team = Team.objects.filter(organization=self.organization, pk=data["team"]).first()
-            if team is None:
-                raise serializers.ValidationError({"team": ["No such team in this organization."]})
-        issued = services.api_key_create(
+        updated = services.organization_update(
             organization=self.organization,
-            name=data["name"],
-            created_by=acting_user(request),
-            team=team,
-            expires_at=data.get("expires_at"),
-            allowed_models=data.get("allowed_models", ()),
-            allowed_providers=data.get("allowed_providers", ()),
-            routing_strategy=data.get("routing_strategy", ""),
-            routing_preference=data.get("routing_preference", ""),
+            actor=acting_user(request),
+            changes=cast(services.OrganizationChanges, serializer.validated_data),
         )
-        body = {**APIKeySerializer(issued.api_key).data, "key": issued.secret}
-        return Response(body, status=status.HTTP_201_CREATED)
+        return Response({**OrganizationSerializer(updated).data, "role": self.role})
+
+
+class WebhookSecretView(OrganizationScopedView):
+    """A new signing secret for budget-alert webhooks, shown once; the old one stops signing at once."""
+
+    perms = {"POST": Perm.ORG_UPDATE}
+
+    @extend_schema(operation_id="org_webhook_secret_rotate", request=None, responses={201: WebhookSecretSerializer})
+    def post(self, request: Request, org: str) -> Response:
+        secret = services.organization_webhook_secret_rotate(organization=self.organization, actor=acting_user(request))
+        return Response({"webhook_secret": secret}, status=status.HTTP_201_CREATED)
 
 
 class RoutingPolicyView(OrganizationScopedView):
@@ -293,36 +248,322 @@ class RoutingPolicyView(OrganizationScopedView):
         return Response(RoutingPolicySerializer(updated).data)
 
 
-class APIKeyScopedView(OrganizationScopedView):
+# --- teams --------------------------------------------------------------------------------------
+
+
+class TeamScopedView(OrganizationScopedView):
+    def get_team(self, team_id: int) -> Team:
+        team = selectors.team_get(organization=self.organization, team_id=team_id)
+        if team is None:
+            raise NotFound("No such team.")
+        return team
+
+    def team_or_none(self, team_id: int | None, *, param: str = "team") -> Team | None:
+        """A team id from a request body: ``None`` stays ``None``; another organization's team is a 400."""
+        if team_id is None:
+            return None
+        team = selectors.team_get(organization=self.organization, team_id=team_id)
+        if team is None:
+            raise serializers.ValidationError({param: ["No such team in this organization."]})
+        return team
+
+
+class TeamListView(TeamScopedView):
+    perms = {"GET": Perm.ORG_VIEW, "POST": Perm.TEAMS_MANAGE}
+
+    @extend_schema(operation_id="teams_list", responses=TeamSerializer(many=True))
+    def get(self, request: Request, org: str) -> Response:
+        teams = selectors.teams_for_org(organization=self.organization)
+        return Response({"object": "list", "data": TeamSerializer(teams, many=True).data})
+
+    @extend_schema(operation_id="teams_create", request=TeamCreateSerializer, responses={201: TeamSerializer})
+    def post(self, request: Request, org: str) -> Response:
+        serializer = TeamCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        team = services.team_create(
+            organization=self.organization, actor=acting_user(request), **serializer.validated_data
+        )
+        return Response(TeamSerializer(team).data, status=status.HTTP_201_CREATED)
+
+
+class TeamDetailView(TeamScopedView):
+    """Deleting a team keeps its members and keys (teamless); a team with budgets is refused (409)."""
+
+    perms = {"GET": Perm.ORG_VIEW, "PATCH": Perm.TEAMS_MANAGE, "DELETE": Perm.TEAMS_MANAGE}
+
+    @extend_schema(operation_id="teams_retrieve", responses=TeamSerializer)
+    def get(self, request: Request, org: str, team_id: int) -> Response:
+        return Response(TeamSerializer(self.get_team(team_id)).data)
+
+    @extend_schema(operation_id="teams_update", request=TeamUpdateSerializer, responses=TeamSerializer)
+    def patch(self, request: Request, org: str, team_id: int) -> Response:
+        team = self.get_team(team_id)
+        serializer = TeamUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        updated = services.team_update(
+            team=team, actor=acting_user(request), changes=cast(services.TeamChanges, serializer.validated_data)
+        )
+        return Response(TeamSerializer(updated).data)
+
+    @extend_schema(operation_id="teams_destroy", responses={204: None})
+    def delete(self, request: Request, org: str, team_id: int) -> Response:
+        services.team_delete(team=self.get_team(team_id), actor=acting_user(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- members ------------------------------------------------------------------------------------
+
+
+class MemberListView(OrganizationScopedView):
+    perms = {"GET": Perm.MEMBERS_VIEW}
+
+    @extend_schema(operation_id="members_list", responses=MemberSerializer(many=True))
+    def get(self, request: Request, org: str) -> Response:
+        members = selectors.members_for_org(organization=self.organization)
+        return Response({"object": "list", "data": MemberSerializer(members, many=True).data})
+
+
+class MemberDetailView(TeamScopedView):
+    """Owners and admins change roles and teams and remove members; anyone may leave (DELETE themself).
+
+    Only an owner gives or takes the owner role or touches an owner, and the
+    last owner can neither be demoted nor leave (409 ``last_owner``). Removing
+    someone keeps the keys they created working unless ``?revoke_keys=true``.
+    """
+
+    perms = {"GET": Perm.MEMBERS_VIEW, "PATCH": Perm.MEMBERS_MANAGE, "DELETE": Perm.MEMBERS_VIEW}
+
+    def get_membership(self, membership_id: int) -> Membership:
+        membership = selectors.membership_get(organization=self.organization, membership_id=membership_id)
+        if membership is None:
+            raise NotFound("No such member.")
+        return membership
+
+    def require_may_manage(self, membership: Membership) -> None:
+        if membership.role not in assignable_roles(self.role):
+            raise PermissionDenied(f"Your role ({self.role}) cannot change or remove an {membership.role}.")
+
+    @extend_schema(operation_id="members_retrieve", responses=MemberSerializer)
+    def get(self, request: Request, org: str, membership_id: int) -> Response:
+        return Response(MemberSerializer(self.get_membership(membership_id)).data)
+
+    @extend_schema(operation_id="members_update", request=MembershipUpdateSerializer, responses=MemberSerializer)
+    def patch(self, request: Request, org: str, membership_id: int) -> Response:
+        membership = self.get_membership(membership_id)
+        serializer = MembershipUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        self.require_may_manage(membership)
+        changes: services.MembershipChanges = {}
+        if "role" in data:
+            if data["role"] not in assignable_roles(self.role):
+                raise PermissionDenied(f"Your role ({self.role}) cannot give the {data['role']} role.")
+            changes["role"] = data["role"]
+        if "team" in data:
+            changes["team"] = self.team_or_none(data["team"])
+        updated = services.membership_update(membership=membership, actor=acting_user(request), changes=changes)
+        return Response(MemberSerializer(updated).data)
+
+    @extend_schema(
+        operation_id="members_destroy",
+        parameters=[MemberRemoveQuerySerializer],
+        responses={204: None},
+    )
+    def delete(self, request: Request, org: str, membership_id: int) -> Response:
+        membership = self.get_membership(membership_id)
+        query = MemberRemoveQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        leaving = self.membership is not None and membership.pk == self.membership.pk
+        if not leaving:
+            self.require(Perm.MEMBERS_MANAGE)
+            self.require_may_manage(membership)
+        services.membership_remove(
+            membership=membership, actor=acting_user(request), revoke_keys=query.validated_data["revoke_keys"]
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- invitations --------------------------------------------------------------------------------
+
+
+class InvitationListView(TeamScopedView):
+    perms = {"GET": Perm.MEMBERS_VIEW, "POST": Perm.MEMBERS_MANAGE}
+
+    @extend_schema(operation_id="invitations_list", responses=InvitationSerializer(many=True))
+    def get(self, request: Request, org: str) -> Response:
+        invitations = selectors.invitations_for_org(organization=self.organization)
+        return Response({"object": "list", "data": InvitationSerializer(invitations, many=True).data})
+
+    @extend_schema(
+        operation_id="invitations_create",
+        request=InvitationCreateSerializer,
+        responses={201: IssuedInvitationSerializer},
+        description="Emails the invitee a link to accept; the token is in this response once and never again.",
+    )
+    def post(self, request: Request, org: str) -> Response:
+        serializer = InvitationCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if data["role"] not in assignable_roles(self.role):
+            raise PermissionDenied(f"Your role ({self.role}) cannot invite someone as {data['role']}.")
+        issued = services.invitation_create(
+            organization=self.organization,
+            email=data["email"],
+            role=data["role"],
+            team=self.team_or_none(data.get("team")),
+            invited_by=acting_user(request),
+            accept_url=request.build_absolute_uri(INVITATION_ACCEPT_PATH),
+        )
+        body = {**InvitationSerializer(issued.invitation).data, "token": issued.token}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class InvitationDetailView(OrganizationScopedView):
+    perms = {"GET": Perm.MEMBERS_VIEW, "DELETE": Perm.MEMBERS_MANAGE}
+
+    def get_invitation(self, invitation_id: int) -> Invitation:
+        invitation = selectors.invitation_get(organization=self.organization, invitation_id=invitation_id)
+        if invitation is None:
+            raise NotFound("No such invitation.")
+        return invitation
+
+    @extend_schema(operation_id="invitations_retrieve", responses=InvitationSerializer)
+    def get(self, request: Request, org: str, invitation_id: int) -> Response:
+        return Response(InvitationSerializer(self.get_invitation(invitation_id)).data)
+
+    @extend_schema(operation_id="invitations_revoke", responses={204: None})
+    def delete(self, request: Request, org: str, invitation_id: int) -> Response:
+        invitation = self.get_invitation(invitation_id)
+        if invitation.role not in assignable_roles(self.role):
+            raise PermissionDenied(f"Your role ({self.role}) cannot revoke an invitation as {invitation.role}.")
+        services.invitation_revoke(invitation=invitation, actor=acting_user(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class InvitationAcceptView(APIView):
+    """The signed-in user (JWT or console session) accepts an invitation sent to their email address."""
+
+    @extend_schema(
+        operation_id="invitations_accept",
+        request=InvitationAcceptSerializer,
+        responses={201: AcceptedInvitationSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        user = signed_in_user(request)
+        serializer = InvitationAcceptSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        membership = services.invitation_accept(token=serializer.validated_data["token"], user=user)
+        body = {"organization": membership.organization.slug, "membership": MemberSerializer(membership).data}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+# --- API keys -----------------------------------------------------------------------------------
+
+
+class APIKeyScopedView(TeamScopedView):
     def get_key(self, key_id: int) -> APIKey:
         api_key = selectors.api_key_get(organization=self.organization, key_id=key_id)
         if api_key is None:
             raise NotFound("No such API key.")
         return api_key
 
+    def get_key_to_change(self, key_id: int) -> APIKey:
+        """The key, if the caller may change it: any key with KEYS_MANAGE, else only the ones they created."""
+        api_key = self.get_key(key_id)
+        if not role_can(self.role, Perm.KEYS_MANAGE):
+            user_id = self.membership.user_id if self.membership is not None else None
+            if user_id is None or api_key.created_by_id != user_id:
+                raise PermissionDenied(f"Your role ({self.role}) can only change the API keys you created.")
+        return api_key
+
+    def require_grantable(self, scopes: set[str]) -> None:
+        refused = sorted(scopes - grantable_scopes(self.role))
+        if refused:
+            names = ", ".join(f"'{scope}'" for scope in refused)
+            raise PermissionDenied(f"Your role ({self.role}) cannot give a key the {names} scope.")
+
+
+class APIKeyListView(APIKeyScopedView):
+    """Members create keys with the proxy and read scopes; the admin scope takes an owner or admin.
+
+    A key created by another (admin-scope) key has no ``created_by``.
+    """
+
+    perms = {"GET": Perm.KEYS_VIEW, "POST": Perm.KEYS_CREATE}
+
+    @extend_schema(responses=APIKeySerializer(many=True))
+    def get(self, request: Request, org: str) -> Response:
+        keys = selectors.api_keys_for_org(organization=self.organization)
+        return Response({"object": "list", "data": APIKeySerializer(keys, many=True).data})
+
+    @extend_schema(request=APIKeyCreateSerializer, responses={201: IssuedKeySerializer})
+    def post(self, request: Request, org: str) -> Response:
+        serializer = APIKeyCreateSerializer(data=request.data, context={"within": self.organization})
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        scopes = data.get("scopes", [KeyScope.PROXY.value])
+        self.require_grantable(set(scopes))
+        issued = services.api_key_create(
+            organization=self.organization,
+            name=data["name"],
+            created_by=acting_user(request),
+            team=self.team_or_none(data.get("team")),
+            expires_at=data.get("expires_at"),
+            allowed_models=data.get("allowed_models", ()),
+            allowed_providers=data.get("allowed_providers", ()),
+            routing_strategy=data.get("routing_strategy", ""),
+            routing_preference=data.get("routing_preference", ""),
+            scopes=scopes,
+            rpm_limit=data.get("rpm_limit"),
+            tpm_limit=data.get("tpm_limit"),
+        )
+        body = {**APIKeySerializer(issued.api_key).data, "key": issued.secret}
+        return Response(body, status=status.HTTP_201_CREATED)
+
 
 class APIKeyDetailView(APIKeyScopedView):
-    perms = {"GET": Perm.KEYS_VIEW, "PATCH": Perm.KEYS_MANAGE}
+    """Members change only the keys they created; owners and admins any key."""
+
+    perms = {"GET": Perm.KEYS_VIEW, "PATCH": Perm.KEYS_CREATE}
 
     @extend_schema(responses=APIKeySerializer)
     def get(self, request: Request, org: str, key_id: int) -> Response:
         return Response(APIKeySerializer(self.get_key(key_id)).data)
 
-    @extend_schema(request=APIKeyRoutingPolicyUpdateSerializer, responses=APIKeySerializer)
+    @extend_schema(request=APIKeyUpdateSerializer, responses=APIKeySerializer)
     def patch(self, request: Request, org: str, key_id: int) -> Response:
-        api_key = self.get_key(key_id)
-        serializer = APIKeyRoutingPolicyUpdateSerializer(data=request.data, context={"within": self.organization})
+        api_key = self.get_key_to_change(key_id)
+        serializer = APIKeyUpdateSerializer(data=request.data, context={"within": self.organization})
         serializer.is_valid(raise_exception=True)
-        updated = services.api_key_routing_policy_update(
-            api_key=api_key, actor=acting_user(request), **serializer.validated_data
-        )
-        return Response(APIKeySerializer(updated).data)
+        changes = cast(services.APIKeyChanges, serializer.validated_data)
+        if "scopes" in changes:
+            self.require_grantable(set(changes["scopes"]) - set(api_key.scopes))
+        updated = services.api_key_update(api_key=api_key, actor=acting_user(request), changes=changes)
+        return Response(APIKeySerializer(selectors.api_key_get(organization=self.organization, key_id=updated.pk)).data)
+
+
+class APIKeyRotateView(APIKeyScopedView):
+    """A new secret with the same settings; the old key keeps working for the grace period, then expires."""
+
+    perms = {"POST": Perm.KEYS_CREATE}
+
+    @extend_schema(operation_id="keys_rotate", request=APIKeyRotateSerializer, responses={201: IssuedKeySerializer})
+    def post(self, request: Request, org: str, key_id: int) -> Response:
+        api_key = self.get_key_to_change(key_id)
+        serializer = APIKeyRotateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        grace = serializer.validated_data.get("grace_seconds", settings.MUXER_KEY_ROTATION_GRACE_SECONDS)
+        issued = services.api_key_rotate(api_key=api_key, actor=acting_user(request), grace_seconds=grace)
+        body = {**APIKeySerializer(issued.api_key).data, "key": issued.secret}
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 class APIKeyRevokeView(APIKeyScopedView):
-    perms = {"POST": Perm.KEYS_MANAGE}
+    """Every instance refuses the key within ``MUXER_KEY_CACHE_SECONDS`` (2 s by default)."""
+
+    perms = {"POST": Perm.KEYS_CREATE}
 
     @extend_schema(request=None, responses=APIKeySerializer)
     def post(self, request: Request, org: str, key_id: int) -> Response:
-        revoked = services.api_key_revoke(api_key=self.get_key(key_id), actor=acting_user(request))
+        revoked = services.api_key_revoke(api_key=self.get_key_to_change(key_id), actor=acting_user(request))
         return Response(APIKeySerializer(revoked).data)

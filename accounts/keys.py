@@ -4,6 +4,9 @@ The type prefix and checksum let secret scanners recognise a leaked key, and
 let the gateway reject a mistyped key without touching any store. Only the
 lookup prefix (type prefix + 8 random characters) and an HMAC-SHA256 digest of
 the whole key are ever stored.
+
+Invitation tokens (``mm_inv_<40 random base62>``) are stored the same way, as
+an HMAC digest only, under a key of their own so the two never collide.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from django.conf import settings
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 TYPE_PREFIXES = ("mm_live_",)
+INVITATION_PREFIX = "mm_inv_"
+INVITATION_RANDOM_LENGTH = 40
 RANDOM_LENGTH = 32
 CHECKSUM_LENGTH = 6
 LOOKUP_RANDOM_CHARS = 8
@@ -58,3 +63,12 @@ def lookup_prefix(raw: str) -> str:
 
 def key_digest(raw: str) -> str:
     return hmac.new(settings.API_KEY_HMAC_SECRET.encode(), raw.encode(), hashlib.sha256).hexdigest()
+
+
+def generate_invitation_token() -> str:
+    return INVITATION_PREFIX + "".join(secrets.choice(ALPHABET) for _ in range(INVITATION_RANDOM_LENGTH))
+
+
+def invitation_digest(token: str) -> str:
+    secret = f"invitation:{settings.API_KEY_HMAC_SECRET}".encode()
+    return hmac.new(secret, token.encode(), hashlib.sha256).hexdigest()

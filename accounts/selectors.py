@@ -6,7 +6,8 @@ from django.db.models import QuerySet
 
 from providers.models import Model, Provider
 
-from .models import APIKey, Membership, Organization, User
+from . import keys
+from .models import APIKey, Invitation, Membership, Organization, Team, User
 
 
 def organizations_for_user(*, user: User) -> QuerySet[Organization]:
@@ -22,11 +23,48 @@ def membership_for(*, user: User, organization_slug: str) -> Membership | None:
 
 
 def api_keys_for_org(*, organization: Organization) -> QuerySet[APIKey]:
-    return APIKey.objects.filter(organization=organization).select_related("team", "created_by").order_by("-id")
+    return (
+        APIKey.objects.filter(organization=organization)
+        .select_related("team", "created_by", "rotated_to")
+        .order_by("-id")
+    )
 
 
 def api_key_get(*, organization: Organization, key_id: int) -> APIKey | None:
     return api_keys_for_org(organization=organization).filter(pk=key_id).first()
+
+
+def teams_for_org(*, organization: Organization) -> QuerySet[Team]:
+    return Team.objects.filter(organization=organization).order_by("name", "id")
+
+
+def team_get(*, organization: Organization, team_id: int) -> Team | None:
+    return teams_for_org(organization=organization).filter(pk=team_id).first()
+
+
+def members_for_org(*, organization: Organization) -> QuerySet[Membership]:
+    return Membership.objects.filter(organization=organization).select_related("user", "team").order_by("id")
+
+
+def membership_get(*, organization: Organization, membership_id: int) -> Membership | None:
+    return members_for_org(organization=organization).filter(pk=membership_id).first()
+
+
+def invitations_for_org(*, organization: Organization) -> QuerySet[Invitation]:
+    return Invitation.objects.filter(organization=organization).select_related("team").order_by("-id")
+
+
+def invitation_get(*, organization: Organization, invitation_id: int) -> Invitation | None:
+    return invitations_for_org(organization=organization).filter(pk=invitation_id).first()
+
+
+def invitation_for_token(*, token: str) -> Invitation | None:
+    """The invitation a token opens; only its HMAC digest is stored, so look that up."""
+    if not token.startswith(keys.INVITATION_PREFIX):
+        return None
+    return (
+        Invitation.objects.select_related("organization", "team").filter(digest=keys.invitation_digest(token)).first()
+    )
 
 
 def routing_policy_problems(

@@ -1,17 +1,35 @@
+"""Every write to organizations, teams, members, invitations and API keys.
+
+Each service runs in one transaction and records one audit event with the
+target's state before and after. Audit rows name people by user id and never
+hold a secret or an email address. A write the rules refuse raises an
+:class:`~muxer_project.errors.APIError`, which rolls the transaction back and
+reaches the client in the OpenAI error shape.
+"""
+
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import TypedDict
+from urllib.parse import urlsplit
 
-from django.db import transaction
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
 from audit.services import audit_event_record
+from muxer_project.errors import APIError, invalid_request, not_found, permission_denied
 
-from . import keys
-from .models import APIKey, Membership, Organization, Role, Team, User
+from . import keys, selectors
+from .models import APIKey, Invitation, Membership, Organization, Role, Team, User
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,6 +38,115 @@ class IssuedKey:
 
     api_key: APIKey
     secret: str
+
+
+@dataclass(frozen=True)
+class IssuedInvitation:
+    """A freshly created invitation. ``token`` exists only here (and in the email) and is never stored."""
+
+    invitation: Invitation
+    token: str
+
+
+class OrganizationChanges(TypedDict, total=False):
+    name: str
+    timezone: str
+    alert_email: str
+    webhook_url: str
+    max_output_tokens_cap: int | None
+    pii_policy: dict[str, str]
+    rpm_limit: int | None
+    tpm_limit: int | None
+
+
+class TeamChanges(TypedDict, total=False):
+    name: str
+    rpm_limit: int | None
+    tpm_limit: int | None
+
+
+class MembershipChanges(TypedDict, total=False):
+    role: str
+    team: Team | None
+
+
+class APIKeyChanges(TypedDict, total=False):
+    name: str
+    allowed_models: list[str]
+    allowed_providers: list[str]
+    routing_strategy: str
+    routing_preference: str
+    rpm_limit: int | None
+    tpm_limit: int | None
+    expires_at: datetime | None
+    scopes: list[str]
+
+
+def conflict(message: str, *, code: str) -> APIError:
+    return APIError(409, message, code=code)
+
+
+# --- audit states: plain JSON, no secrets, no email addresses ------------------------------------
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, models.Model):
+        return value.pk
+    return value
+
+
+def _masked_email(address: str) -> str:
+    """Enough to see that an alert address changed, and to which domain, without the person."""
+    return f"***@{address.rpartition('@')[2]}" if address else ""
+
+
+def _masked_url(url: str) -> str:
+    """Webhook URLs often carry a token in their path or query (Slack's do): keep the scheme and host only."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}/…"
+
+
+_AUDIT_MASKS = {"alert_email": _masked_email, "webhook_url": _masked_url}
+
+
+def _audit_value(field: str, value: object) -> object:
+    mask = _AUDIT_MASKS.get(field)
+    if mask is not None and isinstance(value, str):
+        return mask(value)
+    return _jsonable(value)
+
+
+def _state(row: models.Model, fields: Iterable[str]) -> dict[str, object]:
+    return {field: _audit_value(field, getattr(row, field)) for field in fields}
+
+
+def _apply(row: models.Model, changes: Mapping[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    """Set the fields of ``changes`` that differ on ``row`` and save them; returns (before, after) of those.
+
+    A foreign key may be given a row or ``None``; the states name it by its column (``team_id``).
+    """
+    before: dict[str, object] = {}
+    after: dict[str, object] = {}
+    changed: list[str] = []
+    for field, new in changes.items():
+        attribute = f"{field}_id" if isinstance(row._meta.get_field(field), models.ForeignKey) else field
+        old = getattr(row, attribute)
+        new_value = new.pk if isinstance(new, models.Model) else new
+        if old != new_value:
+            before[attribute] = _audit_value(field, old)
+            setattr(row, attribute, new_value)
+            after[attribute] = _audit_value(field, new_value)
+            changed.append(attribute)
+    if changed:
+        row.save(update_fields=changed)
+    return before, after
+
+
+# --- organizations ------------------------------------------------------------------------------
 
 
 @transaction.atomic
@@ -43,8 +170,78 @@ def organization_create(*, name: str, owner: User, slug: str = "") -> Organizati
 
 
 @transaction.atomic
-def team_create(*, organization: Organization, name: str, actor: User | None = None) -> Team:
-    team = Team.objects.create(organization=organization, name=name)
+def organization_update(
+    *, organization: Organization, actor: User | None, changes: OrganizationChanges
+) -> Organization:
+    """Change the organization's settings; fields left out of ``changes`` stay as they are.
+
+    Callers validate first (the time zone exists, the PII policy parses). Keys
+    pick up new rate limits and PII policy within ``MUXER_KEY_CACHE_SECONDS``.
+    """
+    locked = Organization.objects.select_for_update().get(pk=organization.pk)
+    before, after = _apply(locked, changes)
+    if after:
+        audit_event_record(
+            action="organization.updated",
+            organization=locked,
+            actor=actor,
+            target_type="organization",
+            target_id=locked.pk,
+            metadata={"fields": sorted(after)},
+            before=before,
+            after=after,
+        )
+    return locked
+
+
+@transaction.atomic
+def organization_webhook_secret_rotate(*, organization: Organization, actor: User | None) -> str:
+    """Set a new signing secret for budget-alert webhooks and return it; it is never shown again."""
+    locked = Organization.objects.select_for_update().get(pk=organization.pk)
+    had_secret = bool(locked.webhook_secret)
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    locked.webhook_secret = secret
+    locked.save(update_fields=["webhook_secret"])
+    audit_event_record(
+        action="organization.webhook_secret_rotated",
+        organization=locked,
+        actor=actor,
+        target_type="organization",
+        target_id=locked.pk,
+        before={"webhook_secret_set": had_secret},
+        after={"webhook_secret_set": True},
+    )
+    return secret
+
+
+# --- teams --------------------------------------------------------------------------------------
+
+TEAM_FIELDS = ("name", "rpm_limit", "tpm_limit")
+
+
+def _refuse_duplicate_team(organization: Organization, name: str, *, exclude: int | None = None) -> None:
+    clash = Team.objects.filter(organization=organization, name__iexact=name)
+    if exclude is not None:
+        clash = clash.exclude(pk=exclude)
+    if clash.exists():
+        raise invalid_request(f"A team named {name!r} already exists in this organization.", param="name")
+
+
+@transaction.atomic
+def team_create(
+    *,
+    organization: Organization,
+    name: str,
+    actor: User | None = None,
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+) -> Team:
+    _refuse_duplicate_team(organization, name)
+    try:
+        with transaction.atomic():
+            team = Team.objects.create(organization=organization, name=name, rpm_limit=rpm_limit, tpm_limit=tpm_limit)
+    except IntegrityError:  # created by a concurrent request since the check
+        raise invalid_request(f"A team named {name!r} already exists in this organization.", param="name") from None
     audit_event_record(
         action="team.created",
         organization=organization,
@@ -52,14 +249,91 @@ def team_create(*, organization: Organization, name: str, actor: User | None = N
         target_type="team",
         target_id=team.pk,
         metadata={"name": name},
+        after=_state(team, TEAM_FIELDS),
     )
     return team
+
+
+@transaction.atomic
+def team_update(*, team: Team, actor: User | None, changes: TeamChanges) -> Team:
+    locked = Team.objects.select_for_update().get(pk=team.pk)
+    if "name" in changes:
+        _refuse_duplicate_team(locked.organization, changes["name"], exclude=locked.pk)
+    try:
+        with transaction.atomic():
+            before, after = _apply(locked, changes)
+    except IntegrityError:
+        raise invalid_request("A team with this name already exists in this organization.", param="name") from None
+    if after:
+        audit_event_record(
+            action="team.updated",
+            organization=locked.organization,
+            actor=actor,
+            target_type="team",
+            target_id=locked.pk,
+            metadata={"name": locked.name},
+            before=before,
+            after=after,
+        )
+    return locked
+
+
+@transaction.atomic
+def team_delete(*, team: Team, actor: User | None) -> None:
+    """Delete a team. Its members and keys stay, without a team (so without the team's rate limits).
+
+    A team with budgets is refused: deleting it would delete its budgets, and
+    a hard limit must not vanish as a side effect.
+    """
+    from billing.models import Budget  # billing builds on accounts, not the other way round
+
+    locked = Team.objects.select_for_update().get(pk=team.pk)
+    budgets = Budget.objects.filter(team=locked).count()
+    if budgets:
+        raise conflict(
+            f"This team has {budgets} budget(s); delete or move them before deleting the team.",
+            code="team_has_budgets",
+        )
+    key_ids = sorted(APIKey.objects.filter(team=locked).values_list("pk", flat=True))
+    membership_ids = sorted(Membership.objects.filter(team=locked).values_list("pk", flat=True))
+    before = {"id": locked.pk, **_state(locked, TEAM_FIELDS)}
+    organization = locked.organization
+    team_id = locked.pk
+    locked.delete()
+    audit_event_record(
+        action="team.deleted",
+        organization=organization,
+        actor=actor,
+        target_type="team",
+        target_id=team_id,
+        metadata={"detached_key_ids": key_ids, "detached_membership_ids": membership_ids},
+        before=before,
+        after=None,
+    )
+
+
+# --- members ------------------------------------------------------------------------------------
+
+MEMBERSHIP_FIELDS = ("user_id", "role", "team_id")
+
+
+def _lock_memberships(organization: Organization) -> None:
+    """Serialise membership changes per organization, so two owners cannot demote each other at once."""
+    Organization.objects.select_for_update().filter(pk=organization.pk).first()
+
+
+def _refuse_losing_the_last_owner(membership: Membership) -> None:
+    owners = Membership.objects.filter(organization_id=membership.organization_id, role=Role.OWNER)
+    if membership.role == Role.OWNER and not owners.exclude(pk=membership.pk).exists():
+        raise conflict("An organization needs at least one owner; make someone else an owner first.", code="last_owner")
 
 
 @transaction.atomic
 def membership_add(
     *, organization: Organization, user: User, role: str, team: Team | None = None, actor: User | None = None
 ) -> Membership:
+    if team is not None and team.organization_id != organization.pk:
+        raise ValueError("The team belongs to another organization.")
     membership = Membership.objects.create(organization=organization, user=user, role=role, team=team)
     audit_event_record(
         action="membership.created",
@@ -68,27 +342,276 @@ def membership_add(
         target_type="membership",
         target_id=membership.pk,
         metadata={"user_id": user.pk, "role": role},
+        after=_state(membership, MEMBERSHIP_FIELDS),
     )
     return membership
 
 
 @transaction.atomic
-def api_key_create(
+def membership_update(*, membership: Membership, actor: User | None, changes: MembershipChanges) -> Membership:
+    """Change a member's role or team. The last owner keeps the owner role (409 ``last_owner``).
+
+    Callers check that the actor may give and take the roles involved
+    (``permissions.assignable_roles``) and that the team is the organization's.
+    """
+    _lock_memberships(membership.organization)
+    locked = Membership.objects.select_for_update().select_related("organization").get(pk=membership.pk)
+    team = changes.get("team")
+    if team is not None and team.organization_id != locked.organization_id:
+        raise ValueError("The team belongs to another organization.")
+    if "role" in changes and changes["role"] != Role.OWNER:
+        _refuse_losing_the_last_owner(locked)
+    before, after = _apply(locked, changes)
+    if after:
+        audit_event_record(
+            action="membership.updated",
+            organization=locked.organization,
+            actor=actor,
+            target_type="membership",
+            target_id=locked.pk,
+            metadata={"user_id": locked.user_id},
+            before=before,
+            after=after,
+        )
+    return locked
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership, actor: User | None, revoke_keys: bool = False) -> None:
+    """Remove someone from the organization (or let them leave). The last owner cannot go (409 ``last_owner``).
+
+    Keys they created belong to the organization and keep working unless
+    ``revoke_keys``: production traffic should not stop because a person left.
+    The audit event lists them either way, so an admin can review or rotate them.
+    """
+    _lock_memberships(membership.organization)
+    locked = Membership.objects.select_for_update().select_related("organization").get(pk=membership.pk)
+    _refuse_losing_the_last_owner(locked)
+    organization = locked.organization
+    their_keys = [
+        key
+        for key in APIKey.objects.filter(organization=organization, created_by_id=locked.user_id, revoked_at=None)
+        if key.is_active
+    ]
+    if revoke_keys:
+        for key in their_keys:
+            api_key_revoke(api_key=key, actor=actor)
+    before = {"id": locked.pk, **_state(locked, MEMBERSHIP_FIELDS)}
+    membership_id, user_id = locked.pk, locked.user_id
+    locked.delete()
+    listed = [{"id": key.pk, "prefix": key.prefix} for key in their_keys]
+    audit_event_record(
+        action="membership.removed",
+        organization=organization,
+        actor=actor,
+        target_type="membership",
+        target_id=membership_id,
+        metadata={
+            "user_id": user_id,
+            "left": actor is not None and actor.pk == user_id,
+            ("keys_revoked" if revoke_keys else "keys_kept"): listed,
+        },
+        before=before,
+        after=None,
+    )
+
+
+# --- invitations --------------------------------------------------------------------------------
+
+INVITATION_FIELDS = ("role", "team_id", "expires_at")
+
+
+def _invitation_state(invitation: Invitation) -> dict[str, object]:
+    return {**_state(invitation, INVITATION_FIELDS), "status": invitation.status}
+
+
+@transaction.atomic
+def invitation_create(
+    *,
+    organization: Organization,
+    email: str,
+    role: str,
+    team: Team | None,
+    invited_by: User | None,
+    accept_url: str,
+) -> IssuedInvitation:
+    """Invite ``email`` to join with ``role``, and email them ``accept_url?token=…`` once the row is committed.
+
+    Callers check that the inviter may give ``role``. The token is returned
+    here and sent in the email; only its HMAC digest is stored.
+    """
+    if team is not None and team.organization_id != organization.pk:
+        raise ValueError("The team belongs to another organization.")
+    email = email.strip()
+    if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
+        raise invalid_request("This person is already a member of the organization.", param="email")
+    now = timezone.now()
+    pending = Invitation.objects.filter(
+        organization=organization, email__iexact=email, accepted_at=None, revoked_at=None, expires_at__gt=now
+    )
+    if pending.exists():
+        raise invalid_request(
+            "A pending invitation to this address exists; revoke it first to send a new one.", param="email"
+        )
+    token = keys.generate_invitation_token()
+    invitation = Invitation.objects.create(
+        organization=organization,
+        email=email,
+        role=role,
+        team=team,
+        digest=keys.invitation_digest(token),
+        invited_by=invited_by,
+        expires_at=now + timedelta(days=settings.MUXER_INVITATION_DAYS),
+    )
+    audit_event_record(
+        action="invitation.created",
+        organization=organization,
+        actor=invited_by,
+        target_type="invitation",
+        target_id=invitation.pk,
+        metadata={"role": role},
+        after=_invitation_state(invitation),
+    )
+    link = f"{accept_url}?token={token}"
+    inviter = (invited_by.name or invited_by.email) if invited_by is not None else "An administrator"
+    transaction.on_commit(
+        lambda: _send_invitation_email(
+            invitation_id=invitation.pk, to=email, organization_name=organization.name, inviter=inviter, link=link
+        )
+    )
+    return IssuedInvitation(invitation=invitation, token=token)
+
+
+def _send_invitation_email(*, invitation_id: int, to: str, organization_name: str, inviter: str, link: str) -> None:
+    """Best effort: the inviter also gets the token in the API response and can pass the link on."""
+    days = settings.MUXER_INVITATION_DAYS
+    body = (
+        f"{inviter} invited you to join {organization_name} on ModelMuxer.\n\n"
+        f"Accept the invitation (sign in with this email address first):\n{link}\n\n"
+        f"The link works once and expires in {days} day{'s' if days != 1 else ''}. "
+        "If you did not expect this, ignore this email.\n"
+    )
+    try:
+        send_mail(f"Join {organization_name} on ModelMuxer", body, None, [to])
+    except Exception as exc:  # noqa: BLE001 — any mail failure; the message may name the recipient, so log its type
+        logger.warning("invitation %s: the email could not be sent (%s)", invitation_id, type(exc).__name__)
+
+
+@transaction.atomic
+def invitation_revoke(*, invitation: Invitation, actor: User | None) -> Invitation:
+    locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    if locked.accepted_at is not None:
+        raise invalid_request("This invitation has already been accepted; remove the member instead.")
+    if locked.revoked_at is not None:
+        return locked
+    before = _invitation_state(locked)
+    locked.revoked_at = timezone.now()
+    locked.save(update_fields=["revoked_at"])
+    audit_event_record(
+        action="invitation.revoked",
+        organization=locked.organization,
+        actor=actor,
+        target_type="invitation",
+        target_id=locked.pk,
+        before=before,
+        after=_invitation_state(locked),
+    )
+    return locked
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user: User) -> Membership:
+    """Join the organization the token invites to, with the invitation's role and team.
+
+    404 for an unknown token; 400 when it was used, revoked or has expired, or
+    the user is already a member; 403 when the user's email is not the one invited.
+    """
+    found = selectors.invitation_for_token(token=token)
+    if found is None:
+        raise not_found("No such invitation; check the link, or ask for a new one.")
+    invitation = Invitation.objects.select_for_update().select_related("organization", "team").get(pk=found.pk)
+    status = invitation.status
+    if status == "accepted":
+        raise invalid_request("This invitation has already been accepted.", param="token")
+    if status == "revoked":
+        raise invalid_request("This invitation has been revoked.", param="token")
+    if status == "expired":
+        raise invalid_request("This invitation has expired; ask for a new one.", param="token")
+    if invitation.email.casefold() != user.email.casefold():
+        raise permission_denied("This invitation was sent to a different email address than yours.")
+    organization = invitation.organization
+    if Membership.objects.filter(organization=organization, user=user).exists():
+        raise invalid_request("You are already a member of this organization.", param="token")
+    team = (
+        invitation.team if invitation.team is not None and invitation.team.organization_id == organization.pk else None
+    )
+    try:
+        with transaction.atomic():
+            membership = membership_add(
+                organization=organization, user=user, role=invitation.role, team=team, actor=user
+            )
+    except IntegrityError:  # joined by a concurrent request since the check
+        raise invalid_request("You are already a member of this organization.", param="token") from None
+    before = _invitation_state(invitation)
+    invitation.accepted_at = timezone.now()
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    audit_event_record(
+        action="invitation.accepted",
+        organization=organization,
+        actor=user,
+        target_type="invitation",
+        target_id=invitation.pk,
+        metadata={"membership_id": membership.pk, "user_id": user.pk},
+        before=before,
+        after=_invitation_state(invitation),
+    )
+    return membership
+
+
+# --- API keys -----------------------------------------------------------------------------------
+
+KEY_FIELDS = (
+    "name", "team_id", "expires_at", "scopes", "allowed_models", "allowed_providers",
+    "routing_strategy", "routing_preference", "rpm_limit", "tpm_limit",
+)  # fmt: skip
+SCOPE_ORDER = ("proxy", "read", "admin")
+
+
+def _ordered_scopes(scopes: Iterable[str]) -> list[str]:
+    wanted = set(scopes)
+    unknown = wanted - set(SCOPE_ORDER)
+    if unknown:
+        raise ValueError(f"Unknown key scope(s): {', '.join(sorted(unknown))}.")
+    return [scope for scope in SCOPE_ORDER if scope in wanted]
+
+
+def _key_state(api_key: APIKey) -> dict[str, object]:
+    return {"prefix": api_key.prefix, **_state(api_key, KEY_FIELDS)}
+
+
+def _issue_key(
     *,
     organization: Organization,
     name: str,
     created_by: User | None,
-    team: Team | None = None,
-    expires_at: datetime | None = None,
-    allowed_models: Iterable[str] = (),
-    allowed_providers: Iterable[str] = (),
-    routing_strategy: str = "",
-    routing_preference: str = "",
+    team: Team | None,
+    expires_at: datetime | None,
+    allowed_models: Iterable[str],
+    allowed_providers: Iterable[str],
+    routing_strategy: str,
+    routing_preference: str,
+    scopes: Iterable[str],
+    rpm_limit: int | None,
+    tpm_limit: int | None,
+    rotated_from: APIKey | None = None,
     secret: str | None = None,
 ) -> IssuedKey:
-    """Issue a key. Pass ``secret`` only to adopt a known, well-formed key (the demo key)."""
     if team is not None and team.organization_id != organization.pk:
         raise ValueError("The team belongs to another organization.")
+    ordered = _ordered_scopes(scopes)
+    if not ordered:
+        raise ValueError("A key needs at least one scope.")
     if secret is None:
         secret = keys.generate_key()
     elif not keys.is_well_formed(secret):
@@ -105,7 +628,51 @@ def api_key_create(
         allowed_providers=sorted(set(allowed_providers)),
         routing_strategy=routing_strategy,
         routing_preference=routing_preference,
+        scopes=ordered,
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
+        rotated_from=rotated_from,
     )
+    return IssuedKey(api_key=api_key, secret=secret)
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    organization: Organization,
+    name: str,
+    created_by: User | None,
+    team: Team | None = None,
+    expires_at: datetime | None = None,
+    allowed_models: Iterable[str] = (),
+    allowed_providers: Iterable[str] = (),
+    routing_strategy: str = "",
+    routing_preference: str = "",
+    scopes: Iterable[str] = ("proxy",),
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    secret: str | None = None,
+) -> IssuedKey:
+    """Issue a key. Pass ``secret`` only to adopt a known, well-formed key (the demo key).
+
+    Callers check that the creator may grant ``scopes``.
+    """
+    issued = _issue_key(
+        organization=organization,
+        name=name,
+        created_by=created_by,
+        team=team,
+        expires_at=expires_at,
+        allowed_models=allowed_models,
+        allowed_providers=allowed_providers,
+        routing_strategy=routing_strategy,
+        routing_preference=routing_preference,
+        scopes=scopes,
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
+        secret=secret,
+    )
+    api_key = issued.api_key
     audit_event_record(
         action="api_key.created",
         organization=organization,
@@ -122,8 +689,105 @@ def api_key_create(
             "routing_strategy": routing_strategy,
             "routing_preference": routing_preference,
         },
+        after=_key_state(api_key),
     )
-    return IssuedKey(api_key=api_key, secret=secret)
+    return issued
+
+
+@transaction.atomic
+def api_key_update(*, api_key: APIKey, actor: User | None, changes: APIKeyChanges) -> APIKey:
+    """Change a key's name, policy, limits, expiry or scopes; fields left out stay as they are.
+
+    A blank strategy or preference falls back to the organization's. Callers
+    validate first (``selectors.routing_policy_problems`` with ``within``, and
+    that the actor may grant the scopes). Every process sees the change within
+    ``MUXER_KEY_CACHE_SECONDS``.
+    """
+    locked = APIKey.objects.select_for_update().get(pk=api_key.pk)
+    if locked.revoked_at is not None:
+        raise invalid_request("This API key has been revoked; it cannot be changed.")
+    normalized: dict[str, object] = dict(changes)
+    if "allowed_models" in changes:
+        normalized["allowed_models"] = sorted(set(changes["allowed_models"]))
+    if "allowed_providers" in changes:
+        normalized["allowed_providers"] = sorted(set(changes["allowed_providers"]))
+    if "scopes" in changes:
+        normalized["scopes"] = _ordered_scopes(changes["scopes"])
+        if not normalized["scopes"]:
+            raise invalid_request("A key needs at least one scope.", param="scopes")
+    before, after = _apply(locked, normalized)
+    if after:
+        audit_event_record(
+            action="api_key.updated",
+            organization=locked.organization,
+            actor=actor,
+            target_type="api_key",
+            target_id=locked.pk,
+            metadata={"name": locked.name, "prefix": locked.prefix},
+            before=before,
+            after=after,
+        )
+    return locked
+
+
+@transaction.atomic
+def api_key_rotate(*, api_key: APIKey, actor: User | None, grace_seconds: int) -> IssuedKey:
+    """Issue a replacement with the same settings, and let the old key work ``grace_seconds`` more.
+
+    The new key keeps the old one's creator, team, policy, limits, scopes and
+    expiry (rotation changes the secret, not what it may do). The old key then
+    expires at the earlier of its own expiry and now + grace. A revoked,
+    expired or already rotated key is refused (400).
+    """
+    locked = APIKey.objects.select_for_update().select_related("organization", "team", "created_by").get(pk=api_key.pk)
+    now = timezone.now()
+    if locked.revoked_at is not None:
+        raise invalid_request("This API key has been revoked; a revoked key cannot be rotated.")
+    if locked.expires_at is not None and locked.expires_at <= now:
+        raise invalid_request("This API key has expired; an expired key cannot be rotated.")
+    successor = APIKey.objects.filter(rotated_from=locked).values_list("pk", flat=True).first()
+    if successor is not None:
+        raise invalid_request(f"This API key has already been rotated; rotate its replacement (id {successor}).")
+    try:
+        with transaction.atomic():
+            issued = _issue_key(
+                organization=locked.organization,
+                name=locked.name,
+                created_by=locked.created_by,
+                team=locked.team,
+                expires_at=locked.expires_at,
+                allowed_models=locked.allowed_models,
+                allowed_providers=locked.allowed_providers,
+                routing_strategy=locked.routing_strategy,
+                routing_preference=locked.routing_preference,
+                scopes=locked.scopes,
+                rpm_limit=locked.rpm_limit,
+                tpm_limit=locked.tpm_limit,
+                rotated_from=locked,
+            )
+    except IntegrityError:  # rotated by a concurrent request (databases without row locks)
+        raise invalid_request("This API key has already been rotated; rotate its replacement.") from None
+    grace_end = now + timedelta(seconds=grace_seconds)
+    old_expiry = locked.expires_at
+    locked.expires_at = grace_end if old_expiry is None else min(old_expiry, grace_end)
+    locked.save(update_fields=["expires_at"])
+    audit_event_record(
+        action="api_key.rotated",
+        organization=locked.organization,
+        actor=actor,
+        target_type="api_key",
+        target_id=locked.pk,
+        metadata={
+            "name": locked.name,
+            "prefix": locked.prefix,
+            "new_key_id": issued.api_key.pk,
+            "new_prefix": issued.api_key.prefix,
+            "grace_seconds": grace_seconds,
+        },
+        before={"expires_at": _jsonable(old_expiry)},
+        after={"expires_at": _jsonable(locked.expires_at)},
+    )
+    return issued
 
 
 @transaction.atomic
@@ -141,8 +805,13 @@ def api_key_revoke(*, api_key: APIKey, actor: User | None) -> APIKey:
         target_type="api_key",
         target_id=locked.pk,
         metadata={"name": locked.name, "prefix": locked.prefix},
+        before={"revoked_at": None},
+        after={"revoked_at": _jsonable(locked.revoked_at)},
     )
     return locked
+
+
+# --- the organization's routing policy -----------------------------------------------------------
 
 
 def _apply_policy(row: Organization | APIKey, changes: dict[str, object]) -> dict[str, dict[str, object]]:
@@ -189,8 +858,8 @@ def organization_routing_policy_update(
 ) -> Organization:
     """Change the organization's routing policy; ``None`` leaves a field as it is.
 
-    Callers validate first (``selectors.routing_policy_problems``). Keys pick the
-    change up within ``MUXER_KEY_CACHE_SECONDS``, like a revocation.
+    Callers validate first (``selectors.routing_policy_problems``). Keys pick up the
+    change within ``MUXER_KEY_CACHE_SECONDS``, like a revocation.
     """
     locked = Organization.objects.select_for_update().get(pk=organization.pk)
     changes = _policy_changes(
@@ -208,40 +877,7 @@ def organization_routing_policy_update(
             target_type="organization",
             target_id=locked.pk,
             metadata={"changes": diff},
-        )
-    return locked
-
-
-@transaction.atomic
-def api_key_routing_policy_update(
-    *,
-    api_key: APIKey,
-    actor: User | None,
-    allowed_models: Iterable[str] | None = None,
-    allowed_providers: Iterable[str] | None = None,
-    routing_strategy: str | None = None,
-    routing_preference: str | None = None,
-) -> APIKey:
-    """Change a key's routing policy; ``None`` leaves a field as it is, and a blank
-    strategy or preference falls back to the organization's.
-
-    Callers validate first (``selectors.routing_policy_problems`` with ``within``).
-    """
-    locked = APIKey.objects.select_for_update().get(pk=api_key.pk)
-    changes = _policy_changes(
-        allowed_models=allowed_models,
-        allowed_providers=allowed_providers,
-        routing_strategy=routing_strategy,
-        routing_preference=routing_preference,
-    )
-    diff = _apply_policy(locked, changes)
-    if diff:
-        audit_event_record(
-            action="api_key.routing_policy_updated",
-            organization=locked.organization,
-            actor=actor,
-            target_type="api_key",
-            target_id=locked.pk,
-            metadata={"name": locked.name, "prefix": locked.prefix, "changes": diff},
+            before={field: change["old"] for field, change in diff.items()},
+            after={field: change["new"] for field, change in diff.items()},
         )
     return locked

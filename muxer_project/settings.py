@@ -223,6 +223,10 @@ MUXER_MAX_INPUT_TOKENS = env.int("MUXER_MAX_INPUT_TOKENS", default=1_000_000)
 # How long a process trusts its cached copy of an API key. Revocation reaches
 # every process within this many seconds.
 MUXER_KEY_CACHE_SECONDS = env.float("MUXER_KEY_CACHE_SECONDS", default=2.0)
+# A rotated key keeps working this long by default (the rotate call may ask for 0..604800).
+MUXER_KEY_ROTATION_GRACE_SECONDS = env.int("MUXER_KEY_ROTATION_GRACE_SECONDS", default=86400)
+# How long an invitation to an organization can be accepted.
+MUXER_INVITATION_DAYS = env.int("MUXER_INVITATION_DAYS", default=7)
 # How long a process trusts its snapshot of the model catalog.
 MUXER_CATALOG_CACHE_SECONDS = env.float("MUXER_CATALOG_CACHE_SECONDS", default=10.0)
 MUXER_UPSTREAM_TIMEOUT_SECONDS = env.float("MUXER_UPSTREAM_TIMEOUT_SECONDS", default=600.0)

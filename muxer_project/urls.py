@@ -31,6 +31,23 @@ urlpatterns = [
     path("api/orgs/<slug:org>/keys/", accounts_api.APIKeyListView.as_view(), name="key-list"),
     path("api/orgs/<slug:org>/keys/<int:key_id>/", accounts_api.APIKeyDetailView.as_view(), name="key-detail"),
     path("api/orgs/<slug:org>/keys/<int:key_id>/revoke/", accounts_api.APIKeyRevokeView.as_view(), name="key-revoke"),
+    path("api/orgs/<slug:org>/keys/<int:key_id>/rotate/", accounts_api.APIKeyRotateView.as_view(), name="key-rotate"),
+    path("api/orgs/<slug:org>/webhook-secret/", accounts_api.WebhookSecretView.as_view(), name="org-webhook-secret"),
+    path("api/orgs/<slug:org>/teams/", accounts_api.TeamListView.as_view(), name="team-list"),
+    path("api/orgs/<slug:org>/teams/<int:team_id>/", accounts_api.TeamDetailView.as_view(), name="team-detail"),
+    path("api/orgs/<slug:org>/members/", accounts_api.MemberListView.as_view(), name="member-list"),
+    path(
+        "api/orgs/<slug:org>/members/<int:membership_id>/",
+        accounts_api.MemberDetailView.as_view(),
+        name="member-detail",
+    ),
+    path("api/orgs/<slug:org>/invitations/", accounts_api.InvitationListView.as_view(), name="invitation-list"),
+    path(
+        "api/orgs/<slug:org>/invitations/<int:invitation_id>/",
+        accounts_api.InvitationDetailView.as_view(),
+        name="invitation-detail",
+    ),
+    path("api/invitations/accept/", accounts_api.InvitationAcceptView.as_view(), name="invitation-accept"),
     path(
         "api/orgs/<slug:org>/credentials/", providers_api.ProviderCredentialListView.as_view(), name="credential-list"
     ),
