@@ -30,8 +30,9 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import AccessToken
 
+from accounts import services as accounts_services
 from accounts.api import OrganizationScopedView
-from accounts.models import APIKey, KeyScope, Organization, Role, Team, User
+from accounts.models import APIKey, Invitation, KeyScope, Membership, Organization, Role, Team, User
 from billing.models import Budget, Notification, UsageRecord, UsageStatus
 from providers.models import Provider
 from providers.services import provider_credential_set
@@ -212,12 +213,28 @@ def _team(world: World) -> str:
     return str(TeamFactory.create(organization=world.organization, name=f"{world.label} team").pk)
 
 
+def _membership(world: World) -> str:
+    # Someone other than the caller, in a role an admin may manage.
+    user = UserFactory.create(email=f"colleague@{world.label}.example")
+    return str(MembershipFactory.create(organization=world.organization, role=Role.MEMBER, user=user).pk)
+
+
+def _invitation(world: World) -> str:
+    issued = accounts_services.invitation_create(
+        organization=world.organization, email=f"invitee@{world.label}.example", role=Role.MEMBER, team=None,
+        invited_by=world.users["owner"], accept_url="http://testserver/api/invitations/accept/",
+    )  # fmt: skip
+    return str(issued.invitation.pk)
+
+
 ID_FACTORIES: dict[str, IdFactory] = {
     "key_id": IdFactory(_key, APIKey),
     "budget_id": IdFactory(_budget, Budget),
     "notification_id": IdFactory(_notification, Notification),
     "provider": IdFactory(_credential, None, tenant_owned=False),
     "team_id": IdFactory(_team, Team),
+    "membership_id": IdFactory(_membership, Membership),
+    "invitation_id": IdFactory(_invitation, Invitation),
 }
 
 
@@ -241,6 +258,22 @@ class Call:
 
 CALLS: dict[tuple[str, str], Call] = {
     ("org-detail", "GET"): Call(shows_own_rows=True),
+    ("org-detail", "PATCH"): Call(body=lambda w: {"name": f"{w.label} renamed", "timezone": "Europe/Paris"}),
+    ("org-webhook-secret", "POST"): Call(ok=201),
+    ("team-list", "GET"): Call(shows_own_rows=True),
+    ("team-list", "POST"): Call(body=lambda w: {"name": f"{w.label} new team"}, ok=201),
+    ("team-detail", "GET"): Call(),
+    ("team-detail", "PATCH"): Call(body=lambda w: {"name": f"{w.label} renamed team"}),
+    ("team-detail", "DELETE"): Call(ok=204),
+    ("member-list", "GET"): Call(shows_own_rows=True),
+    ("member-detail", "GET"): Call(),
+    ("member-detail", "PATCH"): Call(body=lambda w: {"role": Role.VIEWER.value}),
+    ("member-detail", "DELETE"): Call(ok=204),
+    ("invitation-list", "GET"): Call(shows_own_rows=True),
+    ("invitation-list", "POST"): Call(body=lambda w: {"email": f"new@{w.label}.example", "role": "member"}, ok=201),
+    ("invitation-detail", "GET"): Call(),
+    ("invitation-detail", "DELETE"): Call(ok=204),
+    ("key-rotate", "POST"): Call(ok=201),
     ("routing-policy", "GET"): Call(),
     ("routing-policy", "PATCH"): Call(body=lambda w: {"routing_preference": "quality"}),
     ("key-list", "GET"): Call(shows_own_rows=True),
@@ -271,6 +304,7 @@ CALLS: dict[tuple[str, str], Call] = {
 NOT_ORG_SCOPED: dict[str, str] = {
     "token-obtain": "signs in with email and password; no tenant data (tests/accounts/test_auth.py)",
     "token-refresh": "exchanges a refresh token; no tenant data (tests/accounts/test_auth.py)",
+    "invitation-accept": "the signed-in user redeems a token sent to their own address (tests/accounts)",
     "org-list": "lists the caller's own organizations (test_cross_tenant: test_org_list_shows_only_own)",
     "schema": "the OpenAPI document; no tenant data (test_fuzz)",
     "v1-models": "proxy key: its own organization's catalog (test_cross_tenant: test_proxy_endpoints)",

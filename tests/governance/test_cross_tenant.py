@@ -16,7 +16,7 @@ import pytest
 from django.db import models
 from rest_framework.test import APIClient
 
-from accounts.models import APIKey, Team, User
+from accounts.models import APIKey, Invitation, Membership, Team, User
 from billing.models import Budget, Notification
 
 from .endpoints import (
@@ -97,6 +97,9 @@ def test_our_ids_on_their_own_org_get_404_and_change_nothing(
 ID_FIELDS: dict[str, type[models.Model]] = {"api_key": APIKey, "team": Team, "user": User}
 LIST_ROW_MODELS: dict[str, type[models.Model]] = {
     "key-list": APIKey,
+    "team-list": Team,
+    "member-list": Membership,
+    "invitation-list": Invitation,
     "budget-list": Budget,
     "notification-list": Notification,
 }

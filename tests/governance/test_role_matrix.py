@@ -21,7 +21,17 @@ from .endpoints import CALLS, PRINCIPALS, Endpoint, World, call, org_scoped_call
 ROOT = Path(__file__).resolve().parents[2]
 
 # (url name, method, principal) -> the status a handler's own rule gives instead of the matrix's answer, and why.
-EXCEPTIONS: dict[tuple[str, str, str], tuple[int, str]] = {}
+# The target objects are ID_FACTORIES': a key the owner created, a membership in the member role.
+EXCEPTIONS: dict[tuple[str, str, str], tuple[int, str]] = {
+    **{
+        (name, method, "member"): (403, "keys.create lets a member change only the keys they created")
+        for name, method in [("key-detail", "PATCH"), ("key-rotate", "POST"), ("key-revoke", "POST")]
+    },
+    **{
+        ("member-detail", "DELETE", principal): (403, "members.view lets anyone leave; removing another takes manage")
+        for principal in ("member", "viewer", "billing", "key:read")
+    },
+}
 
 
 def role_of(principal: str) -> str | None:
