@@ -4,6 +4,7 @@ from typing import Any, NoReturn
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class AppendOnlyError(Exception):
@@ -22,14 +23,23 @@ class AuditEvent(models.Model):
     """One thing that happened, recorded once and never changed.
 
     The ORM refuses updates and deletes, and on PostgreSQL a trigger refuses
-    them too, so raw SQL cannot rewrite history either.
+    them too, so raw SQL cannot rewrite history either (only the retention purge
+    may delete the oldest events). Each event carries the hash of the one before
+    it (``audit.chain``), so a change made around both shows up in ``audit_verify``.
     """
 
     organization = models.ForeignKey(
         "accounts.Organization", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
+    # No database constraint and nothing done on delete: deleting a user must not rewrite history
+    # (the trigger would refuse it, and the hash covers the actor), so the row keeps the id.
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
     )
     action = models.CharField(max_length=64, db_index=True)
     target_type = models.CharField(max_length=64, blank=True)
@@ -42,7 +52,8 @@ class AuditEvent(models.Model):
     request_id = models.CharField(max_length=64, blank=True)
     prev_hash = models.CharField(max_length=64, blank=True, help_text="The hash of the event before this one.")
     hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 over this event and prev_hash.")
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Set by the writer under the chain lock, never earlier than the event before (see services).
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     objects = AuditEventQuerySet.as_manager()
 

@@ -66,6 +66,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so every response carries X-Request-ID and audit events know the request (audit/context.py).
+    "audit.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -289,7 +291,15 @@ CELERY_BEAT_SCHEDULE = {
     "usage-retention": {"task": "billing.usage_retention_apply", "schedule": crontab(hour=3, minute=30)},
     # Budget counters back to the ledger's sums; rebuilds any Redis lost.
     "budget-reconcile": {"task": "billing.budget_counters_reconcile", "schedule": crontab(minute="*/10")},
+    # Audit events older than MUXER_AUDIT_RETENTION_DAYS (audit/tasks.py).
+    "audit-retention": {"task": "audit.audit_retention_apply", "schedule": crontab(hour=3, minute=45)},
 }
+# --- Audit log (audit/) ---
+# Audit events are deleted after this many days (oldest first, leaving an anchored chain). 0 keeps them forever.
+MUXER_AUDIT_RETENTION_DAYS = env.int("MUXER_AUDIT_RETENTION_DAYS", default=365)
+# Reverse proxies in front of the app that append to X-Forwarded-For. 0 trusts none and
+# records REMOTE_ADDR; N records the N-th address from the right (audit log, login lockout).
+MUXER_TRUSTED_PROXY_COUNT = env.int("MUXER_TRUSTED_PROXY_COUNT", default=0)
 
 # --- Logging ---------------------------------------------------------------
 LOGGING = {

@@ -7,6 +7,8 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from accounts import api as accounts_api
+from audit import api as audit_api
+from audit import views as audit_views
 from billing import api as usage_api
 from billing import api_budgets as billing_api
 from billing import views as billing_views
@@ -71,7 +73,12 @@ urlpatterns = [
         billing_api.RecommendationListView.as_view(),
         name="recommendation-list",
     ),
+    path("api/orgs/<slug:org>/audit-events/", audit_api.AuditEventListView.as_view(), name="audit-event-list"),
+    path(
+        "api/orgs/<slug:org>/audit-events/export", audit_api.AuditEventExportView.as_view(), name="audit-events-export"
+    ),
     path("console/<slug:org>/recommendations/", billing_views.recommendations_page, name="console-recommendations"),
+    path("console/<slug:org>/audit/", audit_views.audit_events_page, name="console-audit"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("admin/", admin.site.urls),
 ]

@@ -134,8 +134,8 @@ def test_raw_sql_delete_is_refused_by_the_database(event: AuditEvent) -> None:
 def test_raw_sql_insert_is_still_allowed(event: AuditEvent, organization: Organization) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO audit_auditevent (organization_id, action, target_type, target_id, metadata, created_at)"
-            " VALUES (%s, 'raw.insert', '', '', '{}', now())",
+            "INSERT INTO audit_auditevent (organization_id, action, target_type, target_id, metadata, user_agent,"
+            " request_id, prev_hash, hash, created_at) VALUES (%s, 'raw.insert', '', '', '{}', '', '', '', '', now())",
             [organization.pk],
         )
 
