@@ -64,13 +64,19 @@ def add_proxy_endpoints(result: dict[str, Any], generator: Any, request: Any, pu
             "responses": {
                 "200": {
                     "description": "A chat.completion object, or an SSE stream of chat.completion.chunk objects. "
-                    "Headers: x-request-id, x-muxer-model, x-muxer-provider, x-muxer-cost-usd.",
+                    "Headers: x-request-id, x-muxer-model, x-muxer-provider, x-muxer-cost-usd, and x-muxer-pii "
+                    "(entity types and counts) when the organization's PII guard found any. "
+                    "Request header X-Muxer-PII-Restore: false leaves masked values masked in the answer.",
                     "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}},
                 },
                 **{
                     str(status): {"description": description, **error_response}
                     for status, description in (
-                        (400, "Malformed body or invalid parameter"),
+                        (
+                            400,
+                            "Malformed body or invalid parameter; too_many_messages, context_length_exceeded, "
+                            "or pii_blocked (a PII type the organization's policy blocks)",
+                        ),
                         (401, "Missing, malformed, unknown, revoked or expired API key"),
                         (403, "The key may not use this model"),
                         (404, "Unknown model"),
