@@ -6,6 +6,11 @@ elsewhere: request ids, the body size limit, the OpenAI error shape. The work
 for each request runs as a task beside a watcher on the connection; when the
 client goes away, the task is cancelled, which closes the upstream call, and
 the usage seen so far is still recorded.
+
+Before a chat request is counted, routed or held against a budget, the input
+limits (``routing/limits.py``) and the organization's PII policy
+(``routing/pii.py``) apply: masked values leave as placeholders, and the
+answer, streamed or not, gets them back.
 """
 
 from __future__ import annotations

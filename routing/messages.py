@@ -38,6 +38,11 @@ extended ``thinking``, server tools, documents other than base64 PDFs, images
 inside ``tool_result``, more than 4 stop sequences (the OpenAI limit), and
 fields this endpoint does not know.
 
+The organization's PII policy and the input limits apply as on chat (the
+message limit counts the client's turns); their refusals carry OpenAI's
+``code`` (``pii_blocked``, ``too_many_messages``, ``context_length_exceeded``)
+beside Anthropic's error ``type``.
+
 Limits of the translation: the OpenAI answer does not say whether a stop
 sequence ended it, so that is ``end_turn`` with ``stop_sequence: null``; a
 stream's ``message_start`` carries an estimate of ``input_tokens`` (the
