@@ -36,6 +36,9 @@ from routing.ratelimit import forget_rate_limits
 
 from .factories import MembershipFactory, OrganizationFactory, UserFactory, issue_key
 
+# No issued secret may reach a log or an audit row: checked over the whole session (tests/hygiene.py).
+pytest_plugins = ["tests.hygiene"]
+
 ROOT = Path(__file__).resolve().parent.parent
 # Factories hash a password per user; the real hasher is deliberately slow.
 settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
