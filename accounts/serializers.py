@@ -39,7 +39,13 @@ POLICY_FIELDS = ["allowed_models", "allowed_providers", "routing_strategy", "rou
 
 @lru_cache(maxsize=1)
 def _time_zones() -> frozenset[str]:
-    return frozenset(available_timezones())
+    """IANA zone names. The system's zone directory also holds aliases of the machine's own zone
+    (``localtime``) and duplicate trees (``posix/``, ``right/``), which are no place's calendar."""
+    return frozenset(
+        name
+        for name in available_timezones()
+        if name not in {"localtime", "posixrules"} and not name.startswith(("posix/", "right/"))
+    )
 
 
 class StrictInput(serializers.Serializer[Any]):

@@ -399,7 +399,6 @@ def membership_remove(*, membership: Membership, actor: User | None, revoke_keys
     before = {"id": locked.pk, **_state(locked, MEMBERSHIP_FIELDS)}
     membership_id, user_id = locked.pk, locked.user_id
     locked.delete()
-    listed = [{"id": key.pk, "prefix": key.prefix} for key in their_keys]
     audit_event_record(
         action="membership.removed",
         organization=organization,
@@ -409,7 +408,8 @@ def membership_remove(*, membership: Membership, actor: User | None, revoke_keys
         metadata={
             "user_id": user_id,
             "left": actor is not None and actor.pk == user_id,
-            ("keys_revoked" if revoke_keys else "keys_kept"): listed,
+            # Named so the audit redactor (which hides values under "key" names) keeps them: ids are no secret.
+            ("revoked_key_ids" if revoke_keys else "kept_key_ids"): [key.pk for key in their_keys],
         },
         before=before,
         after=None,

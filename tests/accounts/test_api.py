@@ -8,11 +8,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from django.urls import reverse
 from django.utils import timezone
-from rest_framework.test import APIClient
+from rest_framework.request import Request
+from rest_framework.response import Response as DRFResponse
+from rest_framework.test import APIClient, APIRequestFactory, force_authenticate
 
 from accounts import keys
+from accounts.api import OrganizationScopedView
 from accounts.auth import authenticate_sync, forget_cached_keys
 from accounts.models import APIKey, Organization, Role, User
+from accounts.permissions import Perm
 from audit.models import AuditEvent
 from muxer_project.errors import APIError
 from tests.factories import MembershipFactory, OrganizationFactory, TeamFactory, UserFactory, issue_key
@@ -153,7 +157,9 @@ def test_the_outsider_does_not_see_our_keys_in_their_list(
 
 
 @pytest.mark.parametrize("role", [Role.VIEWER, Role.BILLING])
-def test_a_viewer_or_billing_member_cannot_create_a_key(client: APIClient, organization: Organization, role: str) -> None:
+def test_a_viewer_or_billing_member_cannot_create_a_key(
+    client: APIClient, organization: Organization, role: str
+) -> None:
     user = user_with_role(organization, role)
 
     response = as_user(client, user).post(
@@ -463,3 +469,43 @@ def test_an_oversized_body_gets_413_in_openai_shape(tenant: Any, catalog: None) 
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
     assert APIKey.objects.count() == 0
+
+
+# --- every org-scoped view names a permission for each method ----------------------------------------
+
+
+def _org_scoped_views() -> list[type[OrganizationScopedView]]:
+    found: list[type[OrganizationScopedView]] = []
+    pending: list[type[OrganizationScopedView]] = [OrganizationScopedView]
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            found.append(sub)
+            pending.append(sub)
+    return found
+
+
+def test_every_org_scoped_view_names_a_permission_for_each_of_its_methods() -> None:
+    import muxer_project.urls  # noqa: F401  (imports every API module)
+
+    views = [view for view in _org_scoped_views() if not view.__module__.startswith("tests.")]
+    assert len(views) > 10
+    for view in views:
+        handlers = {m.upper() for m in view.http_method_names if m not in ("head", "options") and hasattr(view, m)}
+        assert handlers <= set(view.perms), f"{view.__module__}.{view.__name__} lacks a permission for some method"
+
+
+class _ForgotPost(OrganizationScopedView):
+    perms = {"GET": Perm.ORG_VIEW}
+
+    def post(self, request: Request, org: str) -> DRFResponse:
+        return DRFResponse({"done": True})
+
+
+def test_a_method_without_a_permission_is_refused(organization: Organization, owner: User) -> None:
+    request = APIRequestFactory().post(f"/api/orgs/{organization.slug}/x/", {}, format="json")
+    force_authenticate(request, user=owner)
+
+    response = _ForgotPost.as_view()(request, org=organization.slug)
+
+    assert response.status_code == 403
+    assert response.data["error"]["code"] == "permission_denied"
