@@ -46,6 +46,9 @@ class UsageRecord(models.Model):
     request_fingerprint = models.CharField(
         max_length=64, blank=True, help_text="SHA-256 of the request as a cache would key it; equal for duplicates."
     )
+    pii_detections = models.JSONField(
+        null=True, blank=True, help_text="PII found in the request, as counts per entity type (never the values)."
+    )
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:

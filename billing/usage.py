@@ -61,6 +61,7 @@ class UsageEvent(TypedDict):
     prompt_features: NotRequired[list[list[float]] | None]
     complexity: NotRequired[float | None]
     request_fingerprint: NotRequired[str]
+    pii_detections: NotRequired[dict[str, int] | None]
 
 
 def usage_write_batch(events: list[UsageEvent]) -> int:
@@ -93,6 +94,7 @@ def usage_write_batch(events: list[UsageEvent]) -> int:
             prompt_features=e.get("prompt_features"),
             complexity=e.get("complexity"),
             request_fingerprint=e.get("request_fingerprint", ""),
+            pii_detections=e.get("pii_detections"),
             created_at=datetime.fromtimestamp(e["created_at"], tz=UTC),
         )
         for e in events

@@ -501,6 +501,7 @@ class RoutedConsumer(GatewayConsumer):
             "prompt_features": self.route.prompt_features if self.route is not None else None,
             "complexity": self.complexity,
             "request_fingerprint": self.fingerprint,
+            "pii_detections": {e.value: n for e, n in self.pii_counts.items()} if self.pii_counts else None,
         }
 
     def _charge(self, model: CatalogModel, usage: Usage) -> Decimal:
