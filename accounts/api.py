@@ -193,13 +193,20 @@ class OrganizationListView(APIView):
 
 
 class OrganizationDetailView(OrganizationScopedView):
-    """The organization and its settings: every member reads them, owners and admins change them."""
+    """The organization and its settings: every member reads them, owners and admins change them.
+
+    The webhook URL is shown whole only to owners and admins (it often embeds a token); the
+    webhook secret is never shown (``webhook-secret/`` rotates it and returns it once).
+    """
 
     perms = {"GET": Perm.ORG_VIEW, "PATCH": Perm.ORG_UPDATE}
 
+    def serializer_context(self) -> dict[str, bool]:
+        return {"reveal_webhook_url": role_can(self.role, Perm.ORG_UPDATE)}
+
     @extend_schema(operation_id="orgs_retrieve", responses=OrganizationSerializer)
     def get(self, request: Request, org: str) -> Response:
-        data = OrganizationSerializer(self.organization).data
+        data = OrganizationSerializer(self.organization, context=self.serializer_context()).data
         return Response({**data, "role": self.role})
 
     @extend_schema(operation_id="orgs_update", request=OrganizationUpdateSerializer, responses=OrganizationSerializer)
@@ -211,7 +218,7 @@ class OrganizationDetailView(OrganizationScopedView):
             actor=acting_user(request),
             changes=cast(services.OrganizationChanges, serializer.validated_data),
         )
-        return Response({**OrganizationSerializer(updated).data, "role": self.role})
+        return Response({**OrganizationSerializer(updated, context=self.serializer_context()).data, "role": self.role})
 
 
 class WebhookSecretView(OrganizationScopedView):

@@ -30,6 +30,7 @@ from .models import (
     RoutingStrategy,
     Team,
 )
+from .services import masked_url
 
 # The largest value a PositiveIntegerField holds on every database we run on.
 MAX_INT = 2_147_483_647
@@ -90,6 +91,10 @@ def future_or_null(value: Any) -> Any:
 
 
 class OrganizationSerializer(serializers.ModelSerializer[Organization]):
+    """With ``reveal_webhook_url`` in the context (owners and admins), the whole webhook URL; else its
+    scheme and host only, since such URLs often carry a token."""
+
+    webhook_url = serializers.SerializerMethodField()
     webhook_secret_set = serializers.SerializerMethodField()
 
     class Meta:
@@ -98,6 +103,9 @@ class OrganizationSerializer(serializers.ModelSerializer[Organization]):
             "id", "name", "slug", *POLICY_FIELDS, "rpm_limit", "tpm_limit", "timezone", "max_output_tokens_cap",
             "alert_email", "webhook_url", "webhook_secret_set", "pii_policy", "created_at",
         ]  # fmt: skip
+
+    def get_webhook_url(self, obj: Organization) -> str:
+        return obj.webhook_url if self.context.get("reveal_webhook_url") else masked_url(obj.webhook_url)
 
     def get_webhook_secret_set(self, obj: Organization) -> bool:
         return bool(obj.webhook_secret)

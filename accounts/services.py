@@ -102,7 +102,7 @@ def _masked_email(address: str) -> str:
     return f"***@{address.rpartition('@')[2]}" if address else ""
 
 
-def _masked_url(url: str) -> str:
+def masked_url(url: str) -> str:
     """Webhook URLs often carry a token in their path or query (Slack's do): keep the scheme and host only."""
     if not url:
         return ""
@@ -110,7 +110,7 @@ def _masked_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}/…"
 
 
-_AUDIT_MASKS = {"alert_email": _masked_email, "webhook_url": _masked_url}
+_AUDIT_MASKS = {"alert_email": _masked_email, "webhook_url": masked_url}
 
 
 def _audit_value(field: str, value: object) -> object:

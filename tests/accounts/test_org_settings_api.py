@@ -208,6 +208,18 @@ def test_limits_can_be_cleared(client: APIClient, organization: Organization, ow
     assert (fresh(organization).rpm_limit, fresh(organization).max_output_tokens_cap) == (None, None)
 
 
+@pytest.mark.parametrize("role", list(Role))
+def test_only_managers_see_the_whole_webhook_url(role: str, client: APIClient, organization: Organization) -> None:
+    Organization.objects.filter(pk=organization.pk).update(webhook_url=SETTINGS["webhook_url"])
+
+    response = as_user(client, user_with_role(organization, role)).get(url(organization))
+
+    expected = SETTINGS["webhook_url"] if role_can(role, Perm.ORG_UPDATE) else "https://hooks.example.com/…"
+    assert response.json()["webhook_url"] == expected
+    if expected != SETTINGS["webhook_url"]:
+        assert "secretpath" not in client.get(reverse("org-list")).content.decode()
+
+
 # --- the webhook secret -------------------------------------------------------------------------
 
 
