@@ -8,6 +8,7 @@ in-memory channel layer. ``DATABASE_URL`` and ``REDIS_URL`` switch to
 PostgreSQL and Redis; ``MUXER_PRODUCTION=true`` turns on the deploy hardening.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import django_stubs_ext
@@ -56,7 +57,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework_simplejwt",
+    "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "corsheaders",
     "channels",
     "accounts",
     "providers",
@@ -69,6 +73,7 @@ MIDDLEWARE = [
     # First, so every response carries X-Request-ID and audit events know the request (audit/context.py).
     "audit.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -76,6 +81,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "accounts.http_security.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "muxer_project.urls"
@@ -173,10 +179,27 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Every password login (console, admin, JWT) goes through the lockout (accounts/bruteforce.py).
+AUTHENTICATION_BACKENDS = ["accounts.bruteforce.LockoutModelBackend"]
+LOGIN_URL = "/console/login/"
+LOGIN_REDIRECT_URL = "/console/"
+LOGOUT_REDIRECT_URL = "/console/login/"
+# Failed logins before an account (or, across accounts, an address) is locked, and for how long.
+MUXER_LOGIN_MAX_FAILURES = env.int("MUXER_LOGIN_MAX_FAILURES", default=5)
+MUXER_LOGIN_MAX_FAILURES_PER_IP = env.int("MUXER_LOGIN_MAX_FAILURES_PER_IP", default=20)
+MUXER_LOGIN_LOCKOUT_SECONDS = env.int("MUXER_LOGIN_LOCKOUT_SECONDS", default=900)
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("MUXER_JWT_ACCESS_MINUTES", default=15)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("MUXER_JWT_REFRESH_DAYS", default=7)),
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    # The token view sends user_logged_in, whose receiver updates last_login already.
+    "UPDATE_LAST_LOGIN": False,
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "accounts.jwt_auth.BearerJWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -194,7 +217,84 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "routing.openapi.add_proxy_endpoints",
     ],
+    # The docs pages (/api/docs/, /api/redoc/) load their assets from this server, never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # No "valid" badge fetched from validator.swagger.io.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
+
+# --- HTTP hardening (every environment) ---------------------------------------
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+# Set on HTML responses (accounts/http_security.py). Inline styles are allowed for the
+# console's and the API docs' own style blocks; scripts only from this origin.
+MUXER_CONTENT_SECURITY_POLICY = env.str(
+    "MUXER_CONTENT_SECURITY_POLICY",
+    default="default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'",
+)
+# CORS for browser clients of /v1/ and /api/ (django-cors-headers). No origin is allowed unless listed.
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/(v1|api)/.*$"
+CORS_ALLOW_HEADERS = [
+    "accept",
+    "authorization",
+    "content-type",
+    "user-agent",
+    "x-api-key",
+    "x-request-id",
+    "idempotency-key",
+    "openai-organization",
+    "openai-project",
+    "openai-beta",
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
+    "x-stainless-arch",
+    "x-stainless-async",
+    "x-stainless-helper",
+    "x-stainless-helper-method",
+    "x-stainless-lang",
+    "x-stainless-os",
+    "x-stainless-package-version",
+    "x-stainless-poll-helper",
+    "x-stainless-custom-poll-interval",
+    "x-stainless-read-timeout",
+    "x-stainless-retry-count",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-stream-helper",
+    "x-stainless-timeout",
+    "x-muxer-strategy",
+    "x-muxer-max-cost",
+]
+CORS_EXPOSE_HEADERS = [
+    "x-request-id",
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+    "x-muxer-model",
+    "x-muxer-provider",
+    "x-muxer-route-reason",
+    "x-muxer-cost-usd",
+    "x-muxer-overhead-ms",
+    "x-muxer-budget-remaining",
+    "x-muxer-cascade",
+    "x-muxer-attempts",
+    "x-muxer-fallbacks",
+]
 
 # --- I18N ------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

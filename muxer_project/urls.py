@@ -3,10 +3,11 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from django.views import defaults
 from django.views.generic import TemplateView
-from drf_spectacular.views import SpectacularAPIView
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from accounts import api as accounts_api
+from accounts import api_gdpr, console
+from accounts import jwt as accounts_jwt
 from audit import api as audit_api
 from audit import views as audit_views
 from billing import api as usage_api
@@ -17,6 +18,9 @@ from routing import errors
 from routing import feedback as routing_feedback
 from routing import views as routing_views
 
+# The operators' sign-in is brute-force protected like the console's, and says so when locked.
+admin.site.login_form = console.LockoutAdminAuthenticationForm
+
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
     path("healthz", routing_views.healthz, name="healthz"),
@@ -25,8 +29,13 @@ urlpatterns = [
     path("v1/route", routing_views.RouteView.as_view(), name="v1-route"),
     path("v1/models/<path:model>", routing_views.ModelDetailView.as_view(), name="v1-model-detail"),
     path("v1/feedback", routing_feedback.FeedbackView.as_view(), name="v1-feedback"),
-    path("api/auth/token/", TokenObtainPairView.as_view(), name="token-obtain"),
-    path("api/auth/token/refresh/", TokenRefreshView.as_view(), name="token-refresh"),
+    path("api/auth/token/", accounts_jwt.TokenObtainView.as_view(), name="token-obtain"),
+    path("api/auth/token/refresh/", accounts_jwt.TokenRefreshView.as_view(), name="token-refresh"),
+    path("api/auth/token/verify/", accounts_jwt.TokenVerifyView.as_view(), name="token-verify"),
+    path("api/auth/logout/", accounts_jwt.LogoutView.as_view(), name="token-logout"),
+    path("api/me/export/", api_gdpr.MyExportView.as_view(), name="me-export"),
+    path("api/me/erase/", api_gdpr.MyEraseView.as_view(), name="me-erase"),
+    path("api/orgs/<slug:org>/export/", api_gdpr.OrganizationExportView.as_view(), name="org-export"),
     path("api/orgs/", accounts_api.OrganizationListView.as_view(), name="org-list"),
     path("api/orgs/<slug:org>/", accounts_api.OrganizationDetailView.as_view(), name="org-detail"),
     path("api/orgs/<slug:org>/routing-policy/", accounts_api.RoutingPolicyView.as_view(), name="routing-policy"),
@@ -80,6 +89,11 @@ urlpatterns = [
     path("console/<slug:org>/recommendations/", billing_views.recommendations_page, name="console-recommendations"),
     path("console/<slug:org>/audit/", audit_views.audit_events_page, name="console-audit"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(template_name="docs/redoc.html"), name="api-redoc"),
+    path("console/", console.console_home, name="console-home"),
+    path("console/login/", console.ConsoleLoginView.as_view(), name="console-login"),
+    path("console/logout/", console.ConsoleLogoutView.as_view(), name="console-logout"),
     path("admin/", admin.site.urls),
 ]
 

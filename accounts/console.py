@@ -1,0 +1,74 @@
+"""The console's session sign-in and sign-out, and its home page (the user's organizations)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from . import bruteforce
+from .models import Membership, User
+
+
+class LockoutFormMixin:
+    """Says "too many attempts, try again in N minutes" instead of "wrong password" while locked out."""
+
+    request: HttpRequest | None
+    cleaned_data: dict[str, Any]
+
+    def _lockout_error(self) -> forms.ValidationError | None:
+        seconds = bruteforce.lockout_seconds(
+            username=self.cleaned_data.get("username"), ip=bruteforce.client_ip(self.request)
+        )
+        if seconds <= 0:
+            return None
+        return forms.ValidationError(bruteforce.lockout_message(seconds), code="too_many_attempts")
+
+    def clean(self) -> dict[str, Any]:
+        locked = self._lockout_error()
+        if locked is not None:
+            raise locked
+        try:
+            return super().clean()  # type: ignore[misc,no-any-return]
+        except forms.ValidationError:
+            # This failure may be the one that locked the account: say so now.
+            locked = self._lockout_error()
+            if locked is not None:
+                raise locked from None
+            raise
+
+
+class ConsoleAuthenticationForm(LockoutFormMixin, AuthenticationForm):
+    pass
+
+
+class LockoutAdminAuthenticationForm(LockoutFormMixin, AdminAuthenticationForm):
+    pass
+
+
+class ConsoleLoginView(auth_views.LoginView):
+    template_name = "console/login.html"
+    authentication_form = ConsoleAuthenticationForm
+    redirect_authenticated_user = True
+
+
+class ConsoleLogoutView(auth_views.LogoutView):
+    """POST only (Django's LogoutView refuses GET), so a link on another site cannot sign anyone out."""
+
+
+@login_required
+def console_home(request: HttpRequest) -> HttpResponse:
+    """The organizations the signed-in user belongs to, with their role in each."""
+    user = request.user
+    memberships = (
+        Membership.objects.filter(user=user).select_related("organization", "team").order_by("organization__name")
+        if isinstance(user, User)
+        else Membership.objects.none()
+    )
+    return render(request, "console/home.html", {"memberships": memberships})
