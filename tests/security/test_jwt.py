@@ -10,6 +10,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from accounts.models import Organization, User
+from audit.models import AuditEvent
 from tests.conftest import Tenant
 
 from .conftest import PASSWORD
@@ -173,3 +174,21 @@ def test_a_malformed_obtain_body_is_400(tenant: Tenant) -> None:
 
     error = assert_error(response, 400, "invalid_request_error")
     assert error["param"] == "password"
+
+
+def test_sign_in_sign_out_and_failures_reach_the_audit_log(can_log_in: User) -> None:
+    client = APIClient()
+    obtain(client, can_log_in.email, "wrong horse")
+    tokens = obtain(client, can_log_in.email).json()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
+    client.post(reverse("token-logout"), {"refresh": tokens["refresh"]}, format="json")
+
+    events = list(AuditEvent.objects.filter(action__startswith="auth.").order_by("pk"))
+
+    assert [(e.action, e.target_id) for e in events] == [
+        ("auth.login_failed", str(can_log_in.pk)),
+        ("auth.login", str(can_log_in.pk)),
+        ("auth.logout", str(can_log_in.pk)),
+    ]
+    assert events[1].metadata == {"method": "token"}
+    assert can_log_in.email not in str([(e.metadata, e.before, e.after) for e in events])
