@@ -16,7 +16,7 @@ from django.http import HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_date
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser
@@ -30,6 +30,12 @@ from billing.api import DateOrDateTimeField
 
 from . import exports, selectors
 from .selectors import AuditQuery
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class InstantField(DateOrDateTimeField):
+    """An ISO 8601 date or datetime (documented as a string)."""
+
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 100
@@ -56,8 +62,8 @@ class AuditFilterSerializer(serializers.Serializer[Any]):
     actor = serializers.IntegerField(required=False, min_value=1, help_text="The acting user's id.")
     target_type = serializers.CharField(required=False, max_length=64)
     target_id = serializers.CharField(required=False, max_length=64)
-    since = DateOrDateTimeField(required=False, help_text="ISO date or datetime, inclusive.")
-    until = DateOrDateTimeField(required=False, help_text="ISO date (through that whole day) or datetime, exclusive.")
+    since = InstantField(required=False, help_text="ISO date or datetime, inclusive.")
+    until = InstantField(required=False, help_text="ISO date (through that whole day) or datetime, exclusive.")
 
     IGNORED: frozenset[str] = frozenset()
 

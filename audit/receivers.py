@@ -9,6 +9,7 @@ changed fields before and after when changed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -115,6 +116,14 @@ def _organization_of(obj: models.Model | None, *, deleting: bool) -> Organizatio
     return Organization.objects.filter(pk=organization_id).first() if isinstance(organization_id, int) else None
 
 
+def _change_message(entry: LogEntry) -> Any:
+    """The admin's structured message (``[{"changed": {"fields": [...]}}]``), or its plain text."""
+    try:
+        return json.loads(entry.change_message) if entry.change_message.startswith("[") else entry.change_message
+    except json.JSONDecodeError:
+        return entry.change_message
+
+
 def admin_entry_recorded(entry: LogEntry) -> AuditEvent:
     """Turn one admin ``LogEntry`` into an audit event."""
     model, obj = _target(entry)
@@ -140,7 +149,7 @@ def admin_entry_recorded(entry: LogEntry) -> AuditEvent:
         actor=cast(User, entry.user),
         target_type=model._meta.label_lower if model else "",
         target_id=entry.object_id or "",
-        metadata={"object": entry.object_repr, "change": entry.get_change_message()},
+        metadata={"object": entry.object_repr, "change": _change_message(entry)},
         before=before,
         after=after,
     )
