@@ -204,27 +204,34 @@ def _watch_secrets() -> None:
 
 
 def _watch_logs() -> None:
+    """Capture at DEBUG on the root logger; again whenever something (``django.setup()``) reconfigured logging."""
     root = logging.getLogger()
-    previous = root.level
-    # The console handlers keep printing what they printed before; only the capture sees DEBUG.
-    for handler in root.handlers:
-        if handler.level < previous:
-            old_level = handler.level
-            handler.setLevel(previous)
-            _undo.append(functools.partial(handler.setLevel, old_level))
-    root.setLevel(logging.DEBUG)
-    root.addHandler(HANDLER)
-    _undo.append(functools.partial(root.setLevel, previous))
-    _undo.append(functools.partial(root.removeHandler, HANDLER))
+    if HANDLER not in root.handlers or root.level != logging.DEBUG:
+        previous = root.level if root.level != logging.DEBUG else logging.INFO
+        # The console handlers keep printing what they printed before; only the capture sees DEBUG.
+        for handler in root.handlers:
+            if handler is not HANDLER and handler.level < previous:
+                _undo.append(functools.partial(handler.setLevel, handler.level))
+                handler.setLevel(previous)
+        _undo.append(functools.partial(root.setLevel, previous))
+        root.setLevel(logging.DEBUG)
+        if HANDLER not in root.handlers:
+            root.addHandler(HANDLER)
+            _undo.append(functools.partial(root.removeHandler, HANDLER))
     # Loggers that do not propagate would bypass the root's handler.
     for logger in list(logging.Logger.manager.loggerDict.values()):
-        if isinstance(logger, logging.Logger) and not logger.propagate:
+        if isinstance(logger, logging.Logger) and not logger.propagate and HANDLER not in logger.handlers:
             logger.addHandler(HANDLER)
             _undo.append(functools.partial(logger.removeHandler, HANDLER))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     _watch_secrets()
+    _watch_logs()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
     _watch_logs()
 
 

@@ -298,6 +298,8 @@ CALLS: dict[tuple[str, str], Call] = {
     ("notification-list", "GET"): Call(shows_own_rows=True),
     ("notification-read", "POST"): Call(),
     ("recommendation-list", "GET"): Call(),
+    ("audit-event-list", "GET"): Call(shows_own_rows=True),
+    ("audit-events-export", "GET"): Call(query="format=jsonl", shows_own_rows=True),
 }
 
 # Endpoints without a tenant in their URL: each is isolated by other means, proved where the reason says.
@@ -339,7 +341,9 @@ def call(endpoint: Endpoint, method: str, *, bearer: str, slug: str, ids: dict[s
 
     The body is built for ``body_for`` (the tenant whose objects a write names).
     """
-    spec = CALLS[(endpoint.name, method)]
+    spec = CALLS.get((endpoint.name, method))
+    if spec is None:
+        raise AssertionError(f"no Call for {method} {endpoint}: register it in tests/governance/endpoints.py")
     url = endpoint.path(org=slug, **{name: ids[name] for name in endpoint.object_kwargs})
     if spec.query:
         url = f"{url}?{spec.query}"

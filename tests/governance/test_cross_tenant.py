@@ -17,6 +17,7 @@ from django.db import models
 from rest_framework.test import APIClient
 
 from accounts.models import APIKey, Invitation, Membership, Team, User
+from audit.models import AuditEvent
 from billing.models import Budget, Notification
 
 from .endpoints import (
@@ -100,6 +101,7 @@ LIST_ROW_MODELS: dict[str, type[models.Model]] = {
     "team-list": Team,
     "member-list": Membership,
     "invitation-list": Invitation,
+    "audit-event-list": AuditEvent,
     "budget-list": Budget,
     "notification-list": Notification,
 }
