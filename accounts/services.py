@@ -355,7 +355,7 @@ def membership_update(*, membership: Membership, actor: User | None, changes: Me
     (``permissions.assignable_roles``) and that the team is the organization's.
     """
     _lock_memberships(membership.organization)
-    locked = Membership.objects.select_for_update().select_related("organization").get(pk=membership.pk)
+    locked = Membership.objects.select_for_update(of=("self",)).select_related("organization").get(pk=membership.pk)
     team = changes.get("team")
     if team is not None and team.organization_id != locked.organization_id:
         raise ValueError("The team belongs to another organization.")
@@ -385,7 +385,7 @@ def membership_remove(*, membership: Membership, actor: User | None, revoke_keys
     The audit event lists them either way, so an admin can review or rotate them.
     """
     _lock_memberships(membership.organization)
-    locked = Membership.objects.select_for_update().select_related("organization").get(pk=membership.pk)
+    locked = Membership.objects.select_for_update(of=("self",)).select_related("organization").get(pk=membership.pk)
     _refuse_losing_the_last_owner(locked)
     organization = locked.organization
     their_keys = [
@@ -529,7 +529,9 @@ def invitation_accept(*, token: str, user: User) -> Membership:
     found = selectors.invitation_for_token(token=token)
     if found is None:
         raise not_found("No such invitation; check the link, or ask for a new one.")
-    invitation = Invitation.objects.select_for_update().select_related("organization", "team").get(pk=found.pk)
+    invitation = (
+        Invitation.objects.select_for_update(of=("self",)).select_related("organization", "team").get(pk=found.pk)
+    )
     status = invitation.status
     if status == "accepted":
         raise invalid_request("This invitation has already been accepted.", param="token")
@@ -739,7 +741,11 @@ def api_key_rotate(*, api_key: APIKey, actor: User | None, grace_seconds: int) -
     expires at the earlier of its own expiry and now + grace. A revoked,
     expired or already rotated key is refused (400).
     """
-    locked = APIKey.objects.select_for_update().select_related("organization", "team", "created_by").get(pk=api_key.pk)
+    locked = (
+        APIKey.objects.select_for_update(of=("self",))
+        .select_related("organization", "team", "created_by")
+        .get(pk=api_key.pk)
+    )
     now = timezone.now()
     if locked.revoked_at is not None:
         raise invalid_request("This API key has been revoked; a revoked key cannot be rotated.")
