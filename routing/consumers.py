@@ -31,6 +31,7 @@ from channels.consumer import AsyncConsumer
 from django.conf import settings
 
 from accounts.auth import KeyIdentity, authenticate
+from accounts.http_security import cors_headers, cors_is_preflight
 from billing.budgets import (
     Reservation,
     organization_budgets,
@@ -104,6 +105,8 @@ class GatewayConsumer(AsyncConsumer):
     rate_headers: Headers = []
     # x-muxer-pii (the entity types found in the request and how often); on every response once known.
     pii_headers: Headers = []
+    # Access-Control-* for a browser caller from an allowed origin (the consumers bypass Django's middleware).
+    cors: Headers = []
 
     async def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:  # type: ignore[override]
         self.scope = scope
@@ -112,6 +115,13 @@ class GatewayConsumer(AsyncConsumer):
         self.request_id = f"req_{uuid.uuid4().hex}"
         self.response_started = False
         self.response_complete = False
+        self.cors = cors_headers(scope["method"], scope["headers"])
+        if cors_is_preflight(scope["method"], scope["headers"]):
+            await send(
+                {"type": "http.response.start", "status": 204, "headers": [*self.cors, (b"content-length", b"0")]}
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
         try:
             if scope["method"] not in self.methods:
                 allowed = ", ".join(sorted(self.methods))
@@ -192,6 +202,8 @@ class GatewayConsumer(AsyncConsumer):
                 "headers": [
                     (b"content-type", content_type),
                     (b"x-request-id", self.request_id.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    *self.cors,
                     *self.rate_headers,
                     *self.pii_headers,
                     *headers,

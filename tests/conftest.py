@@ -25,6 +25,7 @@ from django.db import connection
 from django.test import override_settings
 
 from accounts.auth import forget_cached_keys
+from accounts.bruteforce import forget_login_failures
 from accounts.models import Organization, Role, User
 from billing.budgets import forget_budget_state
 from muxer_project.redis import sync_redis
@@ -77,6 +78,7 @@ def _forget_process_state() -> None:
     latency.forget()
     forget_budget_state()
     forget_rate_limits()
+    forget_login_failures()
     if settings.REDIS_URL:
         client = sync_redis()
         stale = [*client.scan_iter(match="muxer:cb*", count=1000), *client.scan_iter(match="muxer:rl:*", count=1000)]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from channels.testing import HttpCommunicator
 from django.http import HttpResponseBase
 from django.test import Client
 from django.urls import reverse
 from pytest_django import Settings
 
 from accounts.http_security import cors_headers, cors_is_preflight
+from muxer_project.asgi import application
 
 pytestmark = pytest.mark.django_db
 
@@ -134,3 +136,41 @@ def test_the_consumer_helper_exposes_headers_on_an_actual_request(cors: None) ->
     assert headers[b"access-control-allow-origin"] == APP.encode()
     assert b"x-request-id" in headers[b"access-control-expose-headers"]
     assert b"access-control-allow-methods" not in headers
+
+
+# --- the /v1/ consumers themselves -----------------------------------------------------
+
+
+async def consumer_response(method: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> dict[bytes, bytes]:
+    communicator = HttpCommunicator(application, method, "/v1/chat/completions", body=body, headers=headers)
+    response = await communicator.get_response(timeout=10)
+    return {b":status": str(response["status"]).encode(), **dict(response["headers"])}
+
+
+@pytest.mark.asyncio
+async def test_the_proxy_answers_a_browser_preflight_from_an_allowed_origin(cors: None) -> None:
+    got = await consumer_response(
+        "OPTIONS",
+        [(b"origin", APP.encode()), (b"access-control-request-method", b"POST"),
+         (b"access-control-request-headers", b"authorization, content-type")],
+    )  # fmt: skip
+
+    assert got[b":status"] == b"204"
+    assert got[b"access-control-allow-origin"] == APP.encode()
+    assert b"authorization" in got[b"access-control-allow-headers"]
+
+
+@pytest.mark.asyncio
+async def test_proxy_answers_carry_cors_only_for_an_allowed_origin(cors: None) -> None:
+    allowed = await consumer_response("POST", [(b"origin", APP.encode())], b"{}")
+    other = await consumer_response("POST", [(b"origin", b"https://evil.example")], b"{}")
+    preflight_elsewhere = await consumer_response(
+        "OPTIONS", [(b"origin", b"https://evil.example"), (b"access-control-request-method", b"POST")]
+    )
+
+    assert allowed[b":status"] == b"401"
+    assert allowed[b"access-control-allow-origin"] == APP.encode()
+    assert b"x-ratelimit-limit-requests" in allowed[b"access-control-expose-headers"]
+    assert allowed[b"x-content-type-options"] == b"nosniff"
+    assert b"access-control-allow-origin" not in other
+    assert b"access-control-allow-origin" not in preflight_elsewhere
