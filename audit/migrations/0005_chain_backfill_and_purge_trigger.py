@@ -45,15 +45,20 @@ def seal_existing(apps: Any, schema_editor: Any) -> None:
     if not unsealed.exists():
         return
     if postgres:
+        # ALTER TABLE refuses to run while row triggers are still queued in this transaction.
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE", params=None)
         schema_editor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_append_only", params=None)
     prev_hash = ""
-    # Historical models have the plain manager, which may update.
-    for event in AuditEvent.objects.using(db).order_by("id").iterator(chunk_size=2000):
-        if event.hash == "":
-            event.prev_hash = prev_hash
-            event.hash = event_hash(event)
-            AuditEvent.objects.using(db).filter(pk=event.pk).update(prev_hash=event.prev_hash, hash=event.hash)
-        prev_hash = event.hash
+    with schema_editor.connection.cursor() as cursor:
+        for event in AuditEvent.objects.using(db).order_by("id").iterator(chunk_size=2000):
+            if event.hash == "":
+                event.prev_hash = prev_hash
+                event.hash = event_hash(event)
+                cursor.execute(
+                    "UPDATE audit_auditevent SET prev_hash = %s, hash = %s WHERE id = %s",
+                    [event.prev_hash, event.hash, event.pk],
+                )
+            prev_hash = event.hash
     if postgres:
         schema_editor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_append_only", params=None)
 

@@ -153,7 +153,7 @@ def test_the_command_dry_run_only_counts() -> None:
 
     call_command("audit_purge", "--days", "30", "--dry-run", stdout=out)
 
-    assert out.getvalue().startswith("2 audit events are older than ")
+    assert out.getvalue().startswith("2 audit events older than ")
     assert AuditEvent.objects.count() == 2
 
 

@@ -13,6 +13,10 @@ from audit.models import AuditEvent
 from audit.services import MIN_PURGE_AGE, audit_events_purge
 
 
+def _events(count: int) -> str:
+    return f"{count} audit event{'' if count == 1 else 's'}"
+
+
 class Command(BaseCommand):
     help = (
         "Delete audit events older than MUXER_AUDIT_RETENTION_DAYS (or --days), oldest first, and record an "
@@ -33,7 +37,7 @@ class Command(BaseCommand):
             raise CommandError("Audit events are kept at least a day.")
         if options["dry_run"]:
             count = AuditEvent.objects.filter(created_at__lt=cutoff).count()
-            self.stdout.write(f"{count} audit events are older than {cutoff:%Y-%m-%d %H:%M} UTC (dry run).")
+            self.stdout.write(f"{_events(count)} older than {cutoff:%Y-%m-%d %H:%M} UTC (dry run).")
             return
         result = audit_events_purge(older_than=cutoff)
-        self.stdout.write(f"Deleted {result.count} audit events older than {cutoff:%Y-%m-%d %H:%M} UTC.")
+        self.stdout.write(f"Deleted {_events(result.count)} older than {cutoff:%Y-%m-%d %H:%M} UTC.")
