@@ -6,7 +6,7 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.http import HttpRequest
 
 from . import selectors, services
-from .models import APIKey, Membership, Organization, Team, User
+from .models import APIKey, Invitation, Membership, Organization, Team, User
 
 POLICY_FIELDS = ("allowed_models", "allowed_providers", "routing_strategy", "routing_preference")
 
@@ -126,7 +126,7 @@ class APIKeyAdmin(admin.ModelAdmin[APIKey]):
 
     form = APIKeyAdminForm
     list_display = [
-        "name", "prefix", "organization", "team", "routing_strategy", "routing_preference",
+        "name", "prefix", "organization", "team", "scopes", "routing_strategy", "routing_preference",
         "created_at", "last_used_at", "expires_at", "revoked_at",
     ]  # fmt: skip
     list_filter = ["revoked_at", "routing_strategy", "routing_preference"]
@@ -149,3 +149,22 @@ class APIKeyAdmin(admin.ModelAdmin[APIKey]):
             services.api_key_update(
                 api_key=obj, actor=acting_user(request), changes=cast(services.APIKeyChanges, changes)
             )
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin[Invitation]):
+    """Read-only: invitations are sent, revoked and accepted through the API, which audits them."""
+
+    list_display = ["organization", "role", "team", "status", "created_at", "expires_at", "accepted_at", "revoked_at"]
+    list_filter = ["role"]
+    search_fields = ["organization__slug"]
+    exclude = ["digest"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

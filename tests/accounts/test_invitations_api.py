@@ -433,9 +433,7 @@ def test_accepting_twice_is_a_400(invited: Response, client: APIClient, invitee:
     assert Membership.objects.filter(user=invitee).count() == 1
 
 
-def test_someone_else_cannot_use_the_token(
-    invited: Response, client: APIClient, member: User, organization: Organization
-) -> None:
+def test_someone_else_cannot_use_the_token(invited: Response, client: APIClient) -> None:
     stranger = UserFactory.create(email="stranger@example.com")
 
     response = accept(as_user(client, stranger), invited.json()["token"])
@@ -522,3 +520,25 @@ def test_a_deleted_team_leaves_the_invitee_teamless(
 
     assert response.status_code == 201
     assert Membership.objects.get(user=invitee, organization=organization).team_id is None
+
+
+# --- the admin site ---------------------------------------------------------------------------------
+
+
+def test_staff_see_invitations_read_only_and_never_the_digest(invited: Response) -> None:
+    from django.test import Client
+
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("staff@example.com", "pw"))
+    invitation = Invitation.objects.get()
+
+    listing = staff.get(reverse("admin:accounts_invitation_changelist"))
+    detail = staff.get(reverse("admin:accounts_invitation_change", args=[invitation.pk]))
+
+    assert listing.status_code == 200
+    assert detail.status_code == 200
+    assert invitation.digest not in detail.content.decode()
+    assert staff.get(reverse("admin:accounts_invitation_add")).status_code == 403
+    assert staff.get(reverse("admin:accounts_invitation_delete", args=[invitation.pk])).status_code == 403
+    staff.post(reverse("admin:accounts_invitation_change", args=[invitation.pk]), {"role": "owner"})
+    assert Invitation.objects.get().role == "admin"
