@@ -300,12 +300,19 @@ CALLS: dict[tuple[str, str], Call] = {
     ("recommendation-list", "GET"): Call(),
     ("audit-event-list", "GET"): Call(shows_own_rows=True),
     ("audit-events-export", "GET"): Call(query="format=jsonl", shows_own_rows=True),
+    ("org-export", "GET"): Call(shows_own_rows=True),
 }
 
 # Endpoints without a tenant in their URL: each is isolated by other means, proved where the reason says.
 NOT_ORG_SCOPED: dict[str, str] = {
     "token-obtain": "signs in with email and password; no tenant data (tests/accounts/test_auth.py)",
     "token-refresh": "exchanges a refresh token; no tenant data (tests/accounts/test_auth.py)",
+    "token-verify": "checks a token's signature; no tenant data (tests/security)",
+    "token-logout": "blacklists the caller's own refresh token; no tenant data (tests/security)",
+    "me-export": "the signed-in person's own data (test_cross_tenant: test_my_export_shows_only_own)",
+    "me-erase": "erases the signed-in person only (tests/security)",
+    "api-docs": "the API's documentation page; no tenant data",
+    "api-redoc": "the API's documentation page; no tenant data",
     "invitation-accept": "the signed-in user redeems a token sent to their own address (tests/accounts)",
     "org-list": "lists the caller's own organizations (test_cross_tenant: test_org_list_shows_only_own)",
     "schema": "the OpenAPI document; no tenant data (test_fuzz)",
