@@ -6,13 +6,14 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.http import HttpRequest
 
 from . import selectors, services
+from .gdpr_admin import UserEraseAdminMixin
 from .models import APIKey, Invitation, Membership, Organization, Team, User
 
 POLICY_FIELDS = ("allowed_models", "allowed_providers", "routing_strategy", "routing_preference")
 
 
 @admin.register(User)
-class UserAdmin(BaseUserAdmin):
+class UserAdmin(UserEraseAdminMixin, BaseUserAdmin):
     ordering = ["email"]
     list_display = ["email", "name", "is_staff", "is_active", "date_joined"]
     search_fields = ["email", "name"]

@@ -24,7 +24,7 @@ from rest_framework.views import APIView
 
 from . import keys, selectors, services
 from .auth import KeyIdentity, authenticate_sync
-from .models import APIKey, Invitation, KeyScope, Membership, Organization, Team, User
+from .models import APIKey, Invitation, KeyScope, Membership, Organization, Role, Team, User
 from .permissions import SCOPE_ROLES, Perm, assignable_roles, role_can
 from .serializers import (
     AcceptedInvitationSerializer,
@@ -124,6 +124,28 @@ def key_role(identity: KeyIdentity) -> str | None:
     return None
 
 
+def key_acting_role(identity: KeyIdentity, scope_role: str) -> tuple[str, str | None]:
+    """The role a key acts with, and the ceiling its creator's current role sets.
+
+    A key never does more than the person who created it may do now: an
+    admin-scope key made by an admin acts as a member once they are demoted, and
+    as nobody once they leave. A key with no creator (made by another key, or
+    the demo) acts with its scope's role.
+    """
+    if identity.user_id is None:
+        return scope_role, None
+    creator_role = (
+        Membership.objects.filter(user_id=identity.user_id, organization_id=identity.organization_id)
+        .values_list("role", flat=True)
+        .first()
+    )
+    if creator_role is None:
+        raise PermissionDenied("This API key's creator is no longer a member of the organization.")
+    if scope_role == SCOPE_ROLES[KeyScope.ADMIN] and creator_role != Role.OWNER:
+        return creator_role, creator_role
+    return scope_role, creator_role
+
+
 class OrganizationScopedView(APIView):
     """Resolves ``<org>`` from the URL through the caller's membership, or its API key.
 
@@ -137,6 +159,8 @@ class OrganizationScopedView(APIView):
     perms: Mapping[str, Perm] = {"GET": Perm.ORG_VIEW}
     organization: Organization
     role: str
+    # For a key: its creator's current role, which bounds what the key may do (None: no creator to bound it).
+    ceiling: str | None = None
     membership: Membership | None = None
 
     def get_authenticators(self) -> list[BaseAuthentication]:
@@ -152,7 +176,8 @@ class OrganizationScopedView(APIView):
                 raise NotFound("No such organization.")
             if role is None:
                 raise PermissionDenied("This API key has neither the 'read' nor the 'admin' scope.")
-            self.organization, self.role = organization, role
+            self.organization = organization
+            self.role, self.ceiling = key_acting_role(identity, role)
         else:
             membership = selectors.membership_for(user=signed_in_user(request), organization_slug=kwargs["org"])
             if membership is None:
@@ -163,12 +188,15 @@ class OrganizationScopedView(APIView):
         if perm is None and hasattr(self, method.lower()):
             # A handler without a permission is a mistake: refuse rather than let every member in.
             raise PermissionDenied("This action is not available.")
-        if perm is not None and not role_can(self.role, perm):
-            raise PermissionDenied(f"Your role ({self.role}) cannot do this.")
+        if perm is not None:
+            self.require(perm)
+
+    def can(self, perm: Perm) -> bool:
+        return role_can(self.role, perm) and (self.ceiling is None or role_can(self.ceiling, perm))
 
     def require(self, perm: Perm) -> None:
         """Check a further permission inside a handler (e.g. managing someone else's key)."""
-        if not role_can(self.role, perm):
+        if not self.can(perm):
             raise PermissionDenied(f"Your role ({self.role}) cannot do this.")
 
 

@@ -46,7 +46,7 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.MEMBERS_MANAGE: "Invite, remove and change the role of members",
     Perm.TEAMS_MANAGE: "Create, rename and delete teams",
     Perm.KEYS_VIEW: "List API keys (prefix and settings, never the secret)",
-    Perm.KEYS_CREATE: "Create API keys, and rotate or revoke the ones they created",
+    Perm.KEYS_CREATE: "Create API keys, and change, rotate or revoke the ones they created",
     Perm.KEYS_MANAGE: "Rotate, revoke and change the limits of any API key",
     Perm.POLICY_VIEW: "See the routing policy",
     Perm.POLICY_MANAGE: "Change the routing policy and rate limits",

@@ -708,6 +708,12 @@ def api_key_update(*, api_key: APIKey, actor: User | None, changes: APIKeyChange
     locked = APIKey.objects.select_for_update().get(pk=api_key.pk)
     if locked.revoked_at is not None:
         raise invalid_request("This API key has been revoked; it cannot be changed.")
+    if "expires_at" in changes and APIKey.objects.filter(rotated_from=locked).exists():
+        new_expiry = changes["expires_at"]
+        if new_expiry is None or (locked.expires_at is not None and new_expiry > locked.expires_at):
+            raise invalid_request(
+                "This API key was rotated; its grace period can be shortened, not extended.", param="expires_at"
+            )
     normalized: dict[str, object] = dict(changes)
     if "allowed_models" in changes:
         normalized["allowed_models"] = sorted(set(changes["allowed_models"]))

@@ -397,6 +397,33 @@ def test_the_old_key_works_until_the_grace_period_ends(
     assert identity(response.json()["key"]).key_id == response.json()["id"]
 
 
+def test_a_rotated_keys_grace_can_be_shortened_but_not_extended(
+    client: APIClient, organization: Organization, owner: User, old: Any
+) -> None:
+    rotate(as_user(client, owner), organization, old.api_key, grace_seconds=3600)
+    grace_end = APIKey.objects.get(pk=old.api_key.pk).expires_at
+    assert grace_end is not None
+
+    later = client.patch(
+        detail_url(organization, old.api_key),
+        {"expires_at": (grace_end + timedelta(days=30)).isoformat()},
+        format="json",
+    )
+    never = client.patch(detail_url(organization, old.api_key), {"expires_at": None}, format="json")
+    sooner = client.patch(
+        detail_url(organization, old.api_key),
+        {"expires_at": (timezone.now() + timedelta(minutes=5)).isoformat()},
+        format="json",
+    )
+
+    assert_openai_error(later, 400, code="invalid_request_error", param="expires_at")
+    assert_openai_error(never, 400, code="invalid_request_error", param="expires_at")
+    assert sooner.status_code == 200, sooner.content
+    shortened = APIKey.objects.get(pk=old.api_key.pk).expires_at
+    assert shortened is not None
+    assert shortened < grace_end
+
+
 def test_a_zero_grace_retires_the_old_key_at_once(
     client: APIClient, organization: Organization, owner: User, old: Any
 ) -> None:
@@ -567,3 +594,47 @@ async def test_chat_completions_refuses_a_key_without_the_proxy_scope(scopes: tu
     assert b'"code":"permission_denied"' in response["body"].replace(b" ", b"")
     assert b"'proxy' scope" in response["body"]
     assert secret.encode() not in response["body"]
+
+
+# --- a key never does more than its creator may do now -------------------------------------------
+
+
+def test_an_admin_key_follows_its_creators_demotion_and_departure(
+    client: APIClient, organization: Organization
+) -> None:
+    admin = user_with_role(organization, Role.ADMIN)
+    secret = key_with_scopes(organization, "admin", created_by=admin)
+    teams = reverse("team-list", args=[organization.slug])
+
+    assert as_key(client, secret).post(teams, {"name": "while admin"}, format="json").status_code == 201
+
+    admin.memberships.filter(organization=organization).update(role=Role.MEMBER)
+    demoted = as_key(client, secret).post(teams, {"name": "after demotion"}, format="json")
+    assert_openai_error(demoted, 403, code="permission_denied")
+    assert as_key(client, secret).get(teams).status_code == 200  # a member still reads
+
+    admin.memberships.filter(organization=organization).update(role=Role.BILLING)
+    assert_openai_error(as_key(client, secret).get(list_url(organization)), 403, code="permission_denied")
+
+    admin.memberships.filter(organization=organization).delete()
+    assert_openai_error(as_key(client, secret).get(teams), 403, code="permission_denied")
+
+
+def test_a_read_key_of_a_billing_member_cannot_list_keys(client: APIClient, organization: Organization) -> None:
+    person = user_with_role(organization, Role.MEMBER)
+    secret = key_with_scopes(organization, "read", created_by=person)
+    assert as_key(client, secret).get(list_url(organization)).status_code == 200
+
+    person.memberships.filter(organization=organization).update(role=Role.BILLING)
+
+    assert_openai_error(as_key(client, secret).get(list_url(organization)), 403, code="permission_denied")
+    assert as_key(client, secret).get(reverse("budget-list", args=[organization.slug])).status_code == 200
+
+
+def test_an_owners_admin_key_acts_as_an_admin(client: APIClient, organization: Organization, owner: User) -> None:
+    secret = key_with_scopes(organization, "admin", created_by=owner)
+
+    response = as_key(client, secret).get(reverse("org-detail", args=[organization.slug]))
+
+    assert response.status_code == 200
+    assert response.json()["role"] == "admin"

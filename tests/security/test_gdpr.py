@@ -450,3 +450,19 @@ def test_staff_erase_users_from_the_admin(tenant: Tenant) -> None:
     assert any("last owner" in m for m in messages)
     assert any("Erased 1 user" in m for m in messages)
     assert AuditEvent.objects.get(action="user.erased").actor_id == staff.pk
+
+
+def test_the_user_admin_offers_the_erase_action_through_the_changelist(tenant: Tenant) -> None:
+    staff = User.objects.create_user("ops2@example.com", PASSWORD, is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(staff)
+
+    response = client.post(
+        "/admin/accounts/user/",
+        {"action": "erase_users", "_selected_action": [tenant.member.pk], "index": 0},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    tenant.member.refresh_from_db()
+    assert not tenant.member.is_active
