@@ -106,6 +106,15 @@ def discover() -> list[Endpoint]:
     return found
 
 
+def console_pages() -> list[tuple[str, str]]:
+    """The console's pages of one organization, as (url name, route): Django views behind the session login."""
+    return [
+        (pattern.name or route, route)
+        for route, pattern in _walk(get_resolver().url_patterns)
+        if route.startswith("console/") and re.search(r"<(?:[^>:]+:)?org>", route)
+    ]
+
+
 def org_scoped_calls() -> list[tuple[Endpoint, str]]:
     return [(endpoint, method) for endpoint in discover() if endpoint.org_scoped for method in endpoint.methods]
 

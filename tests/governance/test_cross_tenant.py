@@ -10,10 +10,12 @@ and the ``/v1/`` DRF views with bravo's proxy key never reveal alpha's data.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 from django.db import models
+from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import APIKey, Invitation, Membership, Role, Team, User
@@ -28,6 +30,7 @@ from .endpoints import (
     Endpoint,
     World,
     call,
+    console_pages,
     discover,
     org_scoped_calls,
     tenant_snapshot,
@@ -162,6 +165,19 @@ def test_org_list_shows_only_own(alpha: World, bravo: World) -> None:
     assert [row["slug"] for row in response.json()["data"]] == [bravo.slug]
 
 
+@pytest.mark.parametrize(("name", "route"), console_pages())
+def test_console_pages_of_our_org_are_404_to_them(name: str, route: str, alpha: World, bravo: World) -> None:
+    assert re.fullmatch(r"console/<slug:org>/[\w/-]*", route), f"{name}: a console page with ids needs a case here"
+    client = Client()
+    client.force_login(bravo.users["owner"])
+    theirs = client.get("/" + route.replace("<slug:org>", alpha.slug))
+    assert theirs.status_code == 404
+    assert not leaked(theirs.content.decode(), alpha)
+    own = client.get("/" + route.replace("<slug:org>", bravo.slug))
+    assert own.status_code == 200, f"{name}: the control (bravo's own page) should open"
+    assert not leaked(own.content.decode(), alpha)
+
+
 def test_my_export_shows_only_own(alpha: World, bravo: World) -> None:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=bravo.bearer("owner"))
@@ -214,4 +230,5 @@ def test_the_matrix_is_not_empty() -> None:
     assert len(CALLS_ON_ORG) >= 20
     assert len(WITH_FOREIGN_IDS) >= 6
     assert len(READS) >= 6
+    assert len(console_pages()) >= 2
     assert discover()
