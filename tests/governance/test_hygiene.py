@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.test import RequestFactory
 
 from accounts.models import Organization, User
 from audit.models import AuditEvent
@@ -95,3 +96,13 @@ def test_the_session_records_issued_keys(organization: Organization, owner: User
 def test_the_session_captures_log_records() -> None:
     logging.getLogger("tests.governance").debug("hygiene capture check %s", "m4rk3r")
     assert any("hygiene capture check m4rk3r" in text for _, text in hygiene.HANDLER.texts[-50:])
+
+
+def test_a_logged_request_counts_by_its_method_and_path(ledger: hygiene.SecretLedger) -> None:
+    # What a handler shows of Django's request extra; a query string is the client's own choice.
+    in_path = planted_record("Not Found")
+    in_path.__dict__["request"] = RequestFactory().get(f"/api/keys/{PLANTED_KEY}/")
+    in_query = planted_record("Not Found")
+    in_query.__dict__["request"] = RequestFactory().get("/api/keys/", {"key": PLANTED_KEY})
+    assert [leak.kind for leak in ledger.find(hygiene.record_text(in_path), "here")] == ["API key"]
+    assert ledger.find(hygiene.record_text(in_query), "here") == []
