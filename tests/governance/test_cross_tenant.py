@@ -2,7 +2,7 @@
 
 (a) bravo's owner on alpha's organization: 404, and nothing of alpha's changes;
 (b) bravo's owner and admin key on bravo's own organization, naming alpha's objects: 404;
-(c) bravo's admin-scope key on alpha's organization: 404;
+(c) bravo's admin-scope and proxy-only keys on alpha's organization: 404, nothing changed;
 (d) every read on bravo's organization shows none of alpha's data (and does show bravo's where it lists rows);
 and the ``/v1/`` DRF views with bravo's proxy key never reveal alpha's data.
 """
@@ -78,13 +78,14 @@ def test_other_owner_on_our_org_gets_404_and_changes_nothing(
     assert tenant_snapshot(alpha.organization) == before
 
 
+@pytest.mark.parametrize("key", ["key:admin", "key:proxy"])
 @pytest.mark.parametrize(("endpoint", "method"), CALLS_ON_ORG, ids=case_id)
-def test_other_admin_key_on_our_org_gets_404_and_changes_nothing(
-    endpoint: Endpoint, method: str, alpha: World, bravo: World
+def test_other_key_on_our_org_gets_404_and_changes_nothing(
+    endpoint: Endpoint, method: str, key: str, alpha: World, bravo: World
 ) -> None:
     before = tenant_snapshot(alpha.organization)
-    answer = call(endpoint, method, bearer=bravo.bearer("key:admin"), slug=alpha.slug, ids=alpha.ids, body_for=alpha)
-    assert_not_found(answer, f"bravo's admin key: {method} {endpoint} on alpha")
+    answer = call(endpoint, method, bearer=bravo.bearer(key), slug=alpha.slug, ids=alpha.ids, body_for=alpha)
+    assert_not_found(answer, f"bravo's {key}: {method} {endpoint} on alpha")
     assert not leaked(answer.text, alpha)
     assert tenant_snapshot(alpha.organization) == before
 
