@@ -40,9 +40,9 @@ from tests.factories import MembershipFactory, OrganizationFactory, TeamFactory,
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 ROLES = tuple(Role)
-KEY_PRINCIPALS = ("key:read", "key:admin", "key:proxy")
+KEY_PRINCIPALS = tuple(f"key:{scope}" for scope in (KeyScope.READ, KeyScope.ADMIN, KeyScope.PROXY))
 PRINCIPALS: tuple[str, ...] = (*(role.value for role in ROLES), *KEY_PRINCIPALS)
-KEY_SCOPES = {"key:read": [KeyScope.READ.value], "key:admin": [KeyScope.ADMIN.value], "key:proxy": [KeyScope.PROXY]}
+KEY_SCOPES = {principal: [principal.removeprefix("key:")] for principal in KEY_PRINCIPALS}
 
 
 # --- discovery ----------------------------------------------------------------------------------
