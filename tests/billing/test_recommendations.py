@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import io
+import os
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts import keys
 from accounts.auth import authenticate_sync
 from accounts.models import APIKey, Organization, User
 from billing.models import UsageRecord, UsageStatus
@@ -328,3 +330,20 @@ def test_the_demo_data_is_written_once(catalog: None, monkeypatch: pytest.Monkey
     assert UsageRecord.objects.filter(organization=demo).count() == written
     assert APIKey.objects.filter(organization=demo, name="sample traffic (demo data)").count() == 1
     assert APIKey.objects.filter(organization=demo, name="demo key", revoked_at__isnull=True).count() == 1
+
+
+def test_the_demo_key_has_limits_that_the_flags_change_or_turn_off(
+    catalog: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MUXER_DEMO_API_KEY", keys.generate_key())
+    demo_setup()
+    key = APIKey.objects.get(name="demo key", revoked_at__isnull=True)
+    assert (key.rpm_limit, key.tpm_limit) == (600, 1_000_000)
+    assert authenticate_sync(f"Bearer {os.environ['MUXER_DEMO_API_KEY']}").rpm_limits[0] == 600
+
+    call_command("demo_setup", "--rpm", "0", "--tpm", "5000", stdout=io.StringIO())
+    key.refresh_from_db()
+    assert (key.rpm_limit, key.tpm_limit) == (None, 5000)
+
+    with pytest.raises(CommandError):
+        call_command("demo_setup", "--rpm", "-1", stdout=io.StringIO())

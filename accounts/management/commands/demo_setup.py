@@ -27,6 +27,9 @@ DEMO_KEY_NAME = "demo key"
 DEMO_TRAFFIC_KEY_NAME = "sample traffic (demo data)"
 DEMO_REQUEST_PREFIX = "demo-"
 DEMO_DAYS = 30
+# The demo key's own limits, so a first request shows the x-ratelimit-* headers; 0 turns one off.
+DEMO_RPM = 600
+DEMO_TPM = 1_000_000
 
 
 class Command(BaseCommand):
@@ -37,6 +40,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--generate", action="store_true", help="Only print a new well-formed key and exit.")
+        parser.add_argument("--rpm", type=int, default=DEMO_RPM, help="The demo key's requests per minute (0: none).")
+        parser.add_argument("--tpm", type=int, default=DEMO_TPM, help="The demo key's tokens per minute (0: none).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["generate"]:
@@ -48,12 +53,15 @@ class Command(BaseCommand):
                 "MUXER_DEMO_API_KEY is not a well-formed ModelMuxer key; "
                 "get one with `manage.py demo_setup --generate`."
             )
-        secret = self._setup(wanted or None)
+        for name in ("rpm", "tpm"):
+            if options[name] < 0:
+                raise CommandError(f"--{name} must be 0 (no limit) or more.")
+        secret = self._setup(wanted or None, rpm=options["rpm"] or None, tpm=options["tpm"] or None)
         self.stdout.write(f"demo organization: {DEMO_ORG_SLUG}")
         self.stdout.write(f"demo API key: {secret}")
 
     @transaction.atomic
-    def _setup(self, wanted: str | None) -> str:
+    def _setup(self, wanted: str | None, *, rpm: int | None, tpm: int | None) -> str:
         catalog_sync_defaults()
         Provider.objects.filter(slug="fake").update(enabled=True)
         user, created = User.objects.get_or_create(email=DEMO_EMAIL, defaults={"name": "Demo user"})
@@ -72,10 +80,15 @@ class Command(BaseCommand):
                     raise CommandError("MUXER_DEMO_API_KEY collides with another key; choose another.")
                 if match.revoked_at is not None:
                     raise CommandError("MUXER_DEMO_API_KEY was revoked; generate another.")
+                if (match.rpm_limit, match.tpm_limit) != (rpm, tpm):
+                    match.rpm_limit, match.tpm_limit = rpm, tpm
+                    match.save(update_fields=["rpm_limit", "tpm_limit"])
                 return wanted
         for old in existing:
             services.api_key_revoke(api_key=old, actor=user)
-        issued = services.api_key_create(organization=organization, name=DEMO_KEY_NAME, created_by=user, secret=wanted)
+        issued = services.api_key_create(
+            organization=organization, name=DEMO_KEY_NAME, created_by=user, secret=wanted, rpm_limit=rpm, tpm_limit=tpm
+        )
         return issued.secret
 
 
