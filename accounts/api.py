@@ -22,6 +22,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from routing.openapi import ORG_ERRORS, error_responses, list_of
+
 from . import keys, selectors, services
 from .auth import KeyIdentity, authenticate_sync
 from .models import APIKey, Invitation, KeyScope, Membership, Organization, Role, Team, User
@@ -49,6 +51,8 @@ from .serializers import (
     TeamUpdateSerializer,
     WebhookSecretSerializer,
 )
+
+LAST_OWNER = "The organization would lose its last owner (code last_owner)."
 
 # Where the console accepts an invitation; the email links here with ``?token=``.
 INVITATION_ACCEPT_PATH = "/invitations/accept/"
@@ -214,7 +218,10 @@ def grantable_scopes(role: str) -> frozenset[str]:
 
 
 class OrganizationListView(APIView):
-    @extend_schema(operation_id="orgs_list", responses=OrganizationSerializer(many=True))
+    @extend_schema(
+        operation_id="orgs_list",
+        responses={200: list_of(OrganizationSerializer, name="OrganizationList"), **error_responses(401)},
+    )
     def get(self, request: Request) -> Response:
         organizations = selectors.organizations_for_user(user=signed_in_user(request))
         return Response({"object": "list", "data": OrganizationSerializer(organizations, many=True).data})
@@ -232,12 +239,18 @@ class OrganizationDetailView(OrganizationScopedView):
     def serializer_context(self) -> dict[str, bool]:
         return {"reveal_webhook_url": role_can(self.role, Perm.ORG_UPDATE)}
 
-    @extend_schema(operation_id="orgs_retrieve", responses=OrganizationSerializer)
+    @extend_schema(
+        operation_id="orgs_retrieve", responses={200: OrganizationSerializer, **error_responses(*ORG_ERRORS)}
+    )
     def get(self, request: Request, org: str) -> Response:
         data = OrganizationSerializer(self.organization, context=self.serializer_context()).data
         return Response({**data, "role": self.role})
 
-    @extend_schema(operation_id="orgs_update", request=OrganizationUpdateSerializer, responses=OrganizationSerializer)
+    @extend_schema(
+        operation_id="orgs_update",
+        request=OrganizationUpdateSerializer,
+        responses={200: OrganizationSerializer, **error_responses(400, *ORG_ERRORS, 413)},
+    )
     def patch(self, request: Request, org: str) -> Response:
         serializer = OrganizationUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -254,7 +267,11 @@ class WebhookSecretView(OrganizationScopedView):
 
     perms = {"POST": Perm.ORG_UPDATE}
 
-    @extend_schema(operation_id="org_webhook_secret_rotate", request=None, responses={201: WebhookSecretSerializer})
+    @extend_schema(
+        operation_id="org_webhook_secret_rotate",
+        request=None,
+        responses={201: WebhookSecretSerializer, **error_responses(*ORG_ERRORS)},
+    )
     def post(self, request: Request, org: str) -> Response:
         secret = services.organization_webhook_secret_rotate(organization=self.organization, actor=acting_user(request))
         return Response({"webhook_secret": secret}, status=status.HTTP_201_CREATED)
@@ -265,14 +282,17 @@ class RoutingPolicyView(OrganizationScopedView):
 
     perms = {"GET": Perm.POLICY_VIEW, "PATCH": Perm.POLICY_MANAGE}
 
-    @extend_schema(operation_id="org_routing_policy_retrieve", responses=RoutingPolicySerializer)
+    @extend_schema(
+        operation_id="org_routing_policy_retrieve",
+        responses={200: RoutingPolicySerializer, **error_responses(*ORG_ERRORS)},
+    )
     def get(self, request: Request, org: str) -> Response:
         return Response(RoutingPolicySerializer(self.organization).data)
 
     @extend_schema(
         operation_id="org_routing_policy_update",
         request=OrganizationRoutingPolicyUpdateSerializer,
-        responses=RoutingPolicySerializer,
+        responses={200: RoutingPolicySerializer, **error_responses(400, *ORG_ERRORS, 413)},
     )
     def patch(self, request: Request, org: str) -> Response:
         serializer = OrganizationRoutingPolicyUpdateSerializer(data=request.data)
@@ -306,12 +326,19 @@ class TeamScopedView(OrganizationScopedView):
 class TeamListView(TeamScopedView):
     perms = {"GET": Perm.ORG_VIEW, "POST": Perm.TEAMS_MANAGE}
 
-    @extend_schema(operation_id="teams_list", responses=TeamSerializer(many=True))
+    @extend_schema(
+        operation_id="teams_list",
+        responses={200: list_of(TeamSerializer, name="TeamList"), **error_responses(*ORG_ERRORS)},
+    )
     def get(self, request: Request, org: str) -> Response:
         teams = selectors.teams_for_org(organization=self.organization)
         return Response({"object": "list", "data": TeamSerializer(teams, many=True).data})
 
-    @extend_schema(operation_id="teams_create", request=TeamCreateSerializer, responses={201: TeamSerializer})
+    @extend_schema(
+        operation_id="teams_create",
+        request=TeamCreateSerializer,
+        responses={201: TeamSerializer, **error_responses(400, *ORG_ERRORS, 413)},
+    )
     def post(self, request: Request, org: str) -> Response:
         serializer = TeamCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -326,11 +353,15 @@ class TeamDetailView(TeamScopedView):
 
     perms = {"GET": Perm.ORG_VIEW, "PATCH": Perm.TEAMS_MANAGE, "DELETE": Perm.TEAMS_MANAGE}
 
-    @extend_schema(operation_id="teams_retrieve", responses=TeamSerializer)
+    @extend_schema(operation_id="teams_retrieve", responses={200: TeamSerializer, **error_responses(*ORG_ERRORS)})
     def get(self, request: Request, org: str, team_id: int) -> Response:
         return Response(TeamSerializer(self.get_team(team_id)).data)
 
-    @extend_schema(operation_id="teams_update", request=TeamUpdateSerializer, responses=TeamSerializer)
+    @extend_schema(
+        operation_id="teams_update",
+        request=TeamUpdateSerializer,
+        responses={200: TeamSerializer, **error_responses(400, *ORG_ERRORS, 413)},
+    )
     def patch(self, request: Request, org: str, team_id: int) -> Response:
         team = self.get_team(team_id)
         serializer = TeamUpdateSerializer(data=request.data)
@@ -340,7 +371,13 @@ class TeamDetailView(TeamScopedView):
         )
         return Response(TeamSerializer(updated).data)
 
-    @extend_schema(operation_id="teams_destroy", responses={204: None})
+    @extend_schema(
+        operation_id="teams_destroy",
+        responses={
+            204: None,
+            **error_responses(*ORG_ERRORS, described={409: "The team has budgets; delete them first."}),
+        },
+    )
     def delete(self, request: Request, org: str, team_id: int) -> Response:
         services.team_delete(team=self.get_team(team_id), actor=acting_user(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -352,7 +389,10 @@ class TeamDetailView(TeamScopedView):
 class MemberListView(OrganizationScopedView):
     perms = {"GET": Perm.MEMBERS_VIEW}
 
-    @extend_schema(operation_id="members_list", responses=MemberSerializer(many=True))
+    @extend_schema(
+        operation_id="members_list",
+        responses={200: list_of(MemberSerializer, name="MemberList"), **error_responses(*ORG_ERRORS)},
+    )
     def get(self, request: Request, org: str) -> Response:
         members = selectors.members_for_org(organization=self.organization)
         return Response({"object": "list", "data": MemberSerializer(members, many=True).data})
@@ -378,11 +418,18 @@ class MemberDetailView(TeamScopedView):
         if membership.role not in assignable_roles(self.role):
             raise PermissionDenied(f"Your role ({self.role}) cannot change or remove an {membership.role}.")
 
-    @extend_schema(operation_id="members_retrieve", responses=MemberSerializer)
+    @extend_schema(operation_id="members_retrieve", responses={200: MemberSerializer, **error_responses(*ORG_ERRORS)})
     def get(self, request: Request, org: str, membership_id: int) -> Response:
         return Response(MemberSerializer(self.get_membership(membership_id)).data)
 
-    @extend_schema(operation_id="members_update", request=MembershipUpdateSerializer, responses=MemberSerializer)
+    @extend_schema(
+        operation_id="members_update",
+        request=MembershipUpdateSerializer,
+        responses={
+            200: MemberSerializer,
+            **error_responses(400, *ORG_ERRORS, 413, described={409: LAST_OWNER}),
+        },
+    )
     def patch(self, request: Request, org: str, membership_id: int) -> Response:
         membership = self.get_membership(membership_id)
         serializer = MembershipUpdateSerializer(data=request.data)
@@ -402,7 +449,7 @@ class MemberDetailView(TeamScopedView):
     @extend_schema(
         operation_id="members_destroy",
         parameters=[MemberRemoveQuerySerializer],
-        responses={204: None},
+        responses={204: None, **error_responses(400, *ORG_ERRORS, described={409: LAST_OWNER})},
     )
     def delete(self, request: Request, org: str, membership_id: int) -> Response:
         membership = self.get_membership(membership_id)
@@ -424,7 +471,10 @@ class MemberDetailView(TeamScopedView):
 class InvitationListView(TeamScopedView):
     perms = {"GET": Perm.MEMBERS_VIEW, "POST": Perm.MEMBERS_MANAGE}
 
-    @extend_schema(operation_id="invitations_list", responses=InvitationSerializer(many=True))
+    @extend_schema(
+        operation_id="invitations_list",
+        responses={200: list_of(InvitationSerializer, name="InvitationList"), **error_responses(*ORG_ERRORS)},
+    )
     def get(self, request: Request, org: str) -> Response:
         invitations = selectors.invitations_for_org(organization=self.organization)
         return Response({"object": "list", "data": InvitationSerializer(invitations, many=True).data})
@@ -432,7 +482,7 @@ class InvitationListView(TeamScopedView):
     @extend_schema(
         operation_id="invitations_create",
         request=InvitationCreateSerializer,
-        responses={201: IssuedInvitationSerializer},
+        responses={201: IssuedInvitationSerializer, **error_responses(400, *ORG_ERRORS, 413)},
         description="Emails the invitee a link to accept; the token is in this response once and never again.",
     )
     def post(self, request: Request, org: str) -> Response:
@@ -462,11 +512,20 @@ class InvitationDetailView(OrganizationScopedView):
             raise NotFound("No such invitation.")
         return invitation
 
-    @extend_schema(operation_id="invitations_retrieve", responses=InvitationSerializer)
+    @extend_schema(
+        operation_id="invitations_retrieve",
+        responses={200: InvitationSerializer, **error_responses(*ORG_ERRORS)},
+    )
     def get(self, request: Request, org: str, invitation_id: int) -> Response:
         return Response(InvitationSerializer(self.get_invitation(invitation_id)).data)
 
-    @extend_schema(operation_id="invitations_revoke", responses={204: None})
+    @extend_schema(
+        operation_id="invitations_revoke",
+        responses={
+            204: None,
+            **error_responses(*ORG_ERRORS, described={400: "The invitation has already been accepted."}),
+        },
+    )
     def delete(self, request: Request, org: str, invitation_id: int) -> Response:
         invitation = self.get_invitation(invitation_id)
         if invitation.role not in assignable_roles(self.role):
@@ -481,7 +540,18 @@ class InvitationAcceptView(APIView):
     @extend_schema(
         operation_id="invitations_accept",
         request=InvitationAcceptSerializer,
-        responses={201: AcceptedInvitationSerializer},
+        responses={
+            201: AcceptedInvitationSerializer,
+            **error_responses(
+                401,
+                413,
+                described={
+                    400: "The invitation was accepted, revoked or has expired, or you are already a member.",
+                    403: "The invitation was sent to another email address, or an API key is not a user.",
+                    404: "No such invitation.",
+                },
+            ),
+        },
     )
     def post(self, request: Request) -> Response:
         user = signed_in_user(request)
@@ -526,12 +596,17 @@ class APIKeyListView(APIKeyScopedView):
 
     perms = {"GET": Perm.KEYS_VIEW, "POST": Perm.KEYS_CREATE}
 
-    @extend_schema(responses=APIKeySerializer(many=True))
+    @extend_schema(
+        operation_id="api_orgs_keys_list",
+        responses={200: list_of(APIKeySerializer, name="APIKeyList"), **error_responses(*ORG_ERRORS)},
+    )
     def get(self, request: Request, org: str) -> Response:
         keys = selectors.api_keys_for_org(organization=self.organization)
         return Response({"object": "list", "data": APIKeySerializer(keys, many=True).data})
 
-    @extend_schema(request=APIKeyCreateSerializer, responses={201: IssuedKeySerializer})
+    @extend_schema(
+        request=APIKeyCreateSerializer, responses={201: IssuedKeySerializer, **error_responses(400, *ORG_ERRORS, 413)}
+    )
     def post(self, request: Request, org: str) -> Response:
         serializer = APIKeyCreateSerializer(data=request.data, context={"within": self.organization})
         serializer.is_valid(raise_exception=True)
@@ -561,11 +636,13 @@ class APIKeyDetailView(APIKeyScopedView):
 
     perms = {"GET": Perm.KEYS_VIEW, "PATCH": Perm.KEYS_CREATE}
 
-    @extend_schema(responses=APIKeySerializer)
+    @extend_schema(responses={200: APIKeySerializer, **error_responses(*ORG_ERRORS)})
     def get(self, request: Request, org: str, key_id: int) -> Response:
         return Response(APIKeySerializer(self.get_key(key_id)).data)
 
-    @extend_schema(request=APIKeyUpdateSerializer, responses=APIKeySerializer)
+    @extend_schema(
+        request=APIKeyUpdateSerializer, responses={200: APIKeySerializer, **error_responses(400, *ORG_ERRORS, 413)}
+    )
     def patch(self, request: Request, org: str, key_id: int) -> Response:
         api_key = self.get_key_to_change(key_id)
         serializer = APIKeyUpdateSerializer(data=request.data, context={"within": self.organization})
@@ -582,7 +659,11 @@ class APIKeyRotateView(APIKeyScopedView):
 
     perms = {"POST": Perm.KEYS_CREATE}
 
-    @extend_schema(operation_id="keys_rotate", request=APIKeyRotateSerializer, responses={201: IssuedKeySerializer})
+    @extend_schema(
+        operation_id="keys_rotate",
+        request=APIKeyRotateSerializer,
+        responses={201: IssuedKeySerializer, **error_responses(400, *ORG_ERRORS, 413)},
+    )
     def post(self, request: Request, org: str, key_id: int) -> Response:
         api_key = self.get_key_to_change(key_id)
         serializer = APIKeyRotateSerializer(data=request.data)
@@ -598,7 +679,7 @@ class APIKeyRevokeView(APIKeyScopedView):
 
     perms = {"POST": Perm.KEYS_CREATE}
 
-    @extend_schema(request=None, responses=APIKeySerializer)
+    @extend_schema(request=None, responses={200: APIKeySerializer, **error_responses(*ORG_ERRORS)})
     def post(self, request: Request, org: str, key_id: int) -> Response:
         revoked = services.api_key_revoke(api_key=self.get_key_to_change(key_id), actor=acting_user(request))
         return Response(APIKeySerializer(revoked).data)

@@ -10,13 +10,14 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from muxer_project.errors import APIError
+from routing.openapi import ORG_ERRORS, error_responses
 
 from . import gdpr
 from .api import OrganizationScopedView, signed_in_user
@@ -42,7 +43,7 @@ class OrganizationExportView(OrganizationScopedView):
 
     @extend_schema(
         operation_id="org_export",
-        responses={(200, "application/json"): OpenApiTypes.OBJECT},
+        responses={(200, "application/json"): OpenApiTypes.OBJECT, **error_responses(*ORG_ERRORS)},
         description="Everything the organization owns, as one JSON document: its settings, teams, members, "
         "invitations, API keys, provider credentials, budgets and alerts, notifications, feedback, trained "
         "routers, usage rollups and records, and audit events. Secrets are left out: key and invitation "
@@ -61,7 +62,10 @@ class OrganizationExportView(OrganizationScopedView):
 
 
 class MyExportView(APIView):
-    @extend_schema(operation_id="me_export", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        operation_id="me_export",
+        responses={200: OpenApiTypes.OBJECT, **error_responses(401)},
+    )
     def get(self, request: Request) -> Response:
         """What ModelMuxer holds about you: your profile, memberships and the API keys you created."""
         response = Response(gdpr.user_export(signed_in_user(request)))
@@ -79,8 +83,14 @@ class MyEraseView(APIView):
         request=EraseSerializer,
         responses={
             200: inline_serializer("UserErased", {"object": serializers.CharField(), "id": serializers.IntegerField()}),
-            400: OpenApiResponse(description="`confirm` is not your email address."),
-            409: OpenApiResponse(description="You are the last owner of an organization that has other members."),
+            **error_responses(
+                401,
+                413,
+                described={
+                    400: "`confirm` is missing or is not your email address.",
+                    409: "You are the last owner of an organization that has other members.",
+                },
+            ),
         },
     )
     def post(self, request: Request) -> Response:

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -25,6 +25,7 @@ from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from muxer_project.errors import APIError
+from routing.openapi import error_responses
 
 from . import bruteforce
 from .api import signed_in_user
@@ -80,8 +81,14 @@ class TokenObtainView(_PlainTokenErrors, jwt_views.TokenObtainPairView):
         operation_id="auth_token_obtain",
         responses={
             200: TOKEN_PAIR,
-            401: OpenApiResponse(description="Wrong email or password."),
-            429: OpenApiResponse(description="Too many failed attempts; see Retry-After."),
+            **error_responses(
+                400,
+                413,
+                described={
+                    401: "Wrong email or password.",
+                    429: "Too many failed attempts; see Retry-After.",
+                },
+            ),
         },
     )
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -117,7 +124,10 @@ class TokenRefreshView(_PlainTokenErrors, jwt_views.TokenRefreshView):
 
     invalid_message = "The refresh token is invalid, expired or already used."
 
-    @extend_schema(operation_id="auth_token_refresh", responses={200: TOKEN_ACCESS})
+    @extend_schema(
+        operation_id="auth_token_refresh",
+        responses={200: TOKEN_ACCESS, **error_responses(400, 413, described={401: invalid_message})},
+    )
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().post(request, *args, **kwargs)
 
@@ -125,7 +135,13 @@ class TokenRefreshView(_PlainTokenErrors, jwt_views.TokenRefreshView):
 class TokenVerifyView(_PlainTokenErrors, jwt_views.TokenVerifyView):
     """Whether a token is valid (200 with an empty object) or not (401)."""
 
-    @extend_schema(operation_id="auth_token_verify", responses={200: inline_serializer("TokenValid", {})})
+    @extend_schema(
+        operation_id="auth_token_verify",
+        responses={
+            200: inline_serializer("TokenValid", {}),
+            **error_responses(400, 413, described={401: _PlainTokenErrors.invalid_message}),
+        },
+    )
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().post(request, *args, **kwargs)
 
@@ -145,7 +161,17 @@ class LogoutView(APIView):
     @extend_schema(
         operation_id="auth_logout",
         request=LogoutSerializer,
-        responses={204: None, 401: OpenApiResponse(description="Not signed in, or the refresh token is not valid.")},
+        responses={
+            204: None,
+            **error_responses(
+                400,
+                413,
+                described={
+                    401: "Not signed in, or the refresh token is not valid.",
+                    403: "The refresh token is someone else's, or an API key is not a person.",
+                },
+            ),
+        },
     )
     def post(self, request: Request) -> Response:
         user = signed_in_user(request)

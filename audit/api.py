@@ -16,7 +16,7 @@ from django.http import HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_date
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser
@@ -27,15 +27,10 @@ from rest_framework.response import Response
 from accounts.api import OrganizationScopedView
 from accounts.permissions import Perm
 from billing.api import DateOrDateTimeField
+from routing.openapi import ORG_ERRORS, error_responses, list_of
 
 from . import exports, selectors
 from .selectors import AuditQuery
-
-
-@extend_schema_field(OpenApiTypes.STR)
-class InstantField(DateOrDateTimeField):
-    """An ISO 8601 date or datetime (documented as a string)."""
-
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 100
@@ -62,8 +57,8 @@ class AuditFilterSerializer(serializers.Serializer[Any]):
     actor = serializers.IntegerField(required=False, min_value=1, help_text="The acting user's id.")
     target_type = serializers.CharField(required=False, max_length=64)
     target_id = serializers.CharField(required=False, max_length=64)
-    since = InstantField(required=False, help_text="ISO date or datetime, inclusive.")
-    until = InstantField(required=False, help_text="ISO date (through that whole day) or datetime, exclusive.")
+    since = DateOrDateTimeField(required=False, help_text="ISO date or datetime, inclusive.")
+    until = DateOrDateTimeField(required=False, help_text="ISO date (through that whole day) or datetime, exclusive.")
 
     IGNORED: frozenset[str] = frozenset()
 
@@ -127,12 +122,10 @@ class AuditEventSerializer(serializers.Serializer[Any]):
         return exports.event_record(instance)
 
 
-# Schema only ("data" would shadow a Serializer attribute as a declared field).
-AUDIT_EVENT_PAGE = inline_serializer(
+AUDIT_EVENT_PAGE = list_of(
+    AuditEventSerializer,
     name="AuditEventPage",
-    fields={
-        "object": serializers.CharField(),
-        "data": AuditEventSerializer(many=True),
+    extra={
         "has_more": serializers.BooleanField(),
         "next_before": serializers.IntegerField(allow_null=True, help_text="Pass as `before` for the next page."),
     },
@@ -148,7 +141,10 @@ class AuditEventListView(AuditView):
     @extend_schema(
         operation_id="audit_events_list",
         parameters=[AuditListQuerySerializer],
-        responses={200: AUDIT_EVENT_PAGE, 400: OpenApiResponse(description="A filter is not valid.")},
+        responses={
+            200: AUDIT_EVENT_PAGE,
+            **error_responses(*ORG_ERRORS, described={400: "A filter or the cursor is not valid."}),
+        },
         description="The organization's audit events, newest first, a page at a time.",
     )
     def get(self, request: Request, org: str) -> Response:
@@ -178,7 +174,7 @@ class AuditEventExportView(AuditView):
         responses={
             (200, "text/csv"): OpenApiTypes.STR,
             (200, "application/jsonl"): OpenApiTypes.STR,
-            400: OpenApiResponse(description="A filter or the format is not valid."),
+            **error_responses(*ORG_ERRORS, described={400: "A filter or the format is not valid."}),
         },
         description="Every matching event, oldest first, as CSV (`format=csv`, with a header row) or JSON Lines "
         "(`format=jsonl`, one event per line): " + ", ".join(exports.COLUMNS) + ".",

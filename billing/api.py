@@ -22,7 +22,7 @@ from django.http import HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -32,12 +32,14 @@ from rest_framework.response import Response
 from accounts.api import OrganizationScopedView
 from accounts.permissions import Perm
 from accounts.selectors import api_key_get
+from routing.openapi import ORG_ERRORS, error_responses
 
 from . import selectors
 from .models import UsageStatus
 from .selectors import EXPORT_COLUMNS, GROUPS, UsageQuery, UsageTotals
 
 DEFAULT_PERIOD = timedelta(days=30)
+NOT_FOUND = "No such organization (or you are not a member of it), or no such API key or team in it."
 
 
 def usd(amount: Decimal) -> str:
@@ -48,10 +50,19 @@ def usd(amount: Decimal) -> str:
 # --- query parameters ---------------------------------------------------------------------------
 
 
-class DateOrDateTimeField(serializers.Field[datetime, str, str, Any]):
-    """An ISO 8601 date (the start of that UTC day) or datetime (UTC when it names no offset)."""
+# Wide enough for any question about the ledger, narrow enough that a day or a period either side still fits.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
-    default_error_messages = {"invalid": "must be an ISO 8601 date (YYYY-MM-DD) or datetime."}
+
+@extend_schema_field({"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]})
+class DateOrDateTimeField(serializers.Field[datetime, str, str, Any]):
+    """An ISO 8601 date (the start of that UTC day) or datetime (UTC when it names no offset), 1900 to 8999."""
+
+    default_error_messages = {
+        "invalid": "must be an ISO 8601 date (YYYY-MM-DD) or datetime.",
+        "range": "must be from 1900-01-01 and before 9000-01-01.",
+    }
 
     def to_internal_value(self, data: Any) -> datetime:
         text = str(data).strip()
@@ -61,16 +72,26 @@ class DateOrDateTimeField(serializers.Field[datetime, str, str, Any]):
         except ValueError:
             self.fail("invalid")
         if day is not None:
-            return datetime.combine(day, time.min, tzinfo=UTC)
-        if moment is None:
+            moment = datetime.combine(day, time.min, tzinfo=UTC)
+        elif moment is None:
             self.fail("invalid")
-        return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
+        elif timezone.is_naive(moment):
+            moment = moment.replace(tzinfo=UTC)
+        try:
+            in_range = EARLIEST <= moment.astimezone(UTC) < LATEST
+        except OverflowError:  # an offset that takes it past year 1 or 9999
+            in_range = False
+        if not in_range:
+            self.fail("range")
+        return moment
 
     def to_representation(self, value: datetime) -> str:
         return value.isoformat()
 
 
-class UsageQuerySerializer(serializers.Serializer[Any]):
+class UsageFilterSerializer(serializers.Serializer[Any]):
+    """The records a usage query covers: what the export takes (documented as its parameters)."""
+
     since = DateOrDateTimeField(required=False, help_text="Inclusive. Default: 30 days before `until`.")
     until = DateOrDateTimeField(
         required=False, help_text="Exclusive; a date includes that whole UTC day. Default: now."
@@ -80,9 +101,6 @@ class UsageQuerySerializer(serializers.Serializer[Any]):
     api_key = serializers.IntegerField(required=False, min_value=1, help_text="An API key's id.")
     team = serializers.IntegerField(required=False, min_value=1, help_text="A team's id.")
     status = serializers.ChoiceField(choices=UsageStatus.choices, required=False)
-    group_by = serializers.CharField(
-        required=False, allow_blank=True, help_text=f"Comma-separated, any of: {', '.join(GROUPS)}."
-    )
 
     # DRF's own: ?format=csv chooses the CSV renderer.
     IGNORED = frozenset({"format"})
@@ -93,13 +111,6 @@ class UsageQuerySerializer(serializers.Serializer[Any]):
             if unknown:
                 raise serializers.ValidationError({unknown[0]: ["is not a usage query parameter."]})
         return super().to_internal_value(data)
-
-    def validate_group_by(self, value: str) -> tuple[str, ...]:
-        names = [name.strip() for name in value.split(",") if name.strip()]
-        unknown = [name for name in names if name not in GROUPS]
-        if unknown:
-            raise serializers.ValidationError(f"'{unknown[0]}' is not one of {', '.join(GROUPS)}.")
-        return tuple(dict.fromkeys(names))
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         until_text = str(self.initial_data.get("until", "")).strip()
@@ -114,20 +125,30 @@ class UsageQuerySerializer(serializers.Serializer[Any]):
         return {**attrs, "since": since, "until": until, "group_by": attrs.get("group_by", ())}
 
 
-QUERY_PARAMETERS = [
-    OpenApiParameter("since", OpenApiTypes.STR, description="ISO date or datetime, inclusive; default 30 days ago."),
-    OpenApiParameter(
-        "until", OpenApiTypes.STR, description="ISO date (whole day) or datetime, exclusive; default now."
-    ),
-    OpenApiParameter("model", OpenApiTypes.STR),
-    OpenApiParameter("provider", OpenApiTypes.STR),
-    OpenApiParameter("api_key", OpenApiTypes.INT, description="An API key's id in this organization."),
-    OpenApiParameter("team", OpenApiTypes.INT, description="A team's id in this organization."),
-    OpenApiParameter("status", OpenApiTypes.STR, enum=[choice for choice, _ in UsageStatus.choices]),
-]
-GROUP_BY_PARAMETER = OpenApiParameter(
-    "group_by", OpenApiTypes.STR, description=f"Comma-separated, any of: {', '.join(GROUPS)}."
-)
+# Names separated by commas, blanks and spaces allowed; written so that no input makes it backtrack. The
+# empty string is left out only because the schema offers it separately (allow_blank).
+GROUP_NAME = f"(?:{'|'.join(GROUPS)})"
+GROUP_BY_PATTERN = rf"^(?!$)\s*(?:{GROUP_NAME}\s*)?(?:,\s*(?:{GROUP_NAME}\s*)?)*$"
+
+
+@extend_schema_field({"type": "string", "pattern": GROUP_BY_PATTERN})
+class GroupByField(serializers.CharField):
+    """Group names, comma-separated (checked by ``UsageQuerySerializer.validate_group_by``)."""
+
+
+class UsageQuerySerializer(UsageFilterSerializer):
+    """A usage summary's query: the filters, and the groups to sum by."""
+
+    group_by = GroupByField(
+        required=False, allow_blank=True, help_text=f"Comma-separated, any of: {', '.join(GROUPS)}."
+    )
+
+    def validate_group_by(self, value: str) -> tuple[str, ...]:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in GROUPS]
+        if unknown:
+            raise serializers.ValidationError(f"'{unknown[0]}' is not one of {', '.join(GROUPS)}.")
+        return tuple(dict.fromkeys(names))
 
 
 # --- answers ----------------------------------------------------------------------------------
@@ -299,11 +320,18 @@ class UsageView(UsageQueryMixin):
 
     @extend_schema(
         operation_id="usage_retrieve",
-        parameters=[*QUERY_PARAMETERS, GROUP_BY_PARAMETER],
+        parameters=[UsageQuerySerializer],
         responses={
             (200, "application/json"): USAGE_SUMMARY_SCHEMA,
             (200, "text/csv"): OpenApiTypes.STR,
-            400: OpenApiResponse(description="A parameter is not valid."),
+            **error_responses(
+                *ORG_ERRORS,
+                described={
+                    400: "A parameter is not valid, or per-user or per-status figures were asked of days "
+                    "only the rollups still hold.",
+                    404: NOT_FOUND,
+                },
+            ),
         },
         description="Requests, errors, tokens and cost of the organization's usage, summed per group and in total. "
         "With `?format=csv` or `Accept: text/csv`, the raw records as the export gives them.",
@@ -334,8 +362,11 @@ class UsageExportView(UsageQueryMixin):
 
     @extend_schema(
         operation_id="usage_export",
-        parameters=QUERY_PARAMETERS,
-        responses={(200, "text/csv"): OpenApiTypes.STR},
+        parameters=[UsageFilterSerializer],
+        responses={
+            (200, "text/csv"): OpenApiTypes.STR,
+            **error_responses(400, *ORG_ERRORS, described={404: NOT_FOUND}),
+        },
         description="The raw usage records of the query, oldest first, as CSV: " + ", ".join(EXPORT_COLUMNS) + ".",
     )
     def get(self, request: Request, org: str) -> HttpResponseBase:

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 
 from accounts.api import OrganizationScopedView, acting_user
 from accounts.permissions import Perm
+from routing.openapi import ORG_ERRORS, error_responses, list_of
 
 from . import services
 from .models import Budget, Notification
@@ -34,12 +35,19 @@ from .serializers import (
 class BudgetListView(OrganizationScopedView):
     perms = {"GET": Perm.BUDGETS_VIEW, "POST": Perm.BUDGETS_MANAGE}
 
-    @extend_schema(operation_id="budgets_list", responses=BudgetSerializer(many=True))
+    @extend_schema(
+        operation_id="budgets_list",
+        responses={200: list_of(BudgetSerializer, name="BudgetList"), **error_responses(*ORG_ERRORS)},
+    )
     def get(self, request: Request, org: str) -> Response:
         budgets = services.budgets_for_org(organization=self.organization)
         return Response({"object": "list", "data": BudgetSerializer(budgets, many=True).data})
 
-    @extend_schema(operation_id="budgets_create", request=BudgetCreateSerializer, responses={201: BudgetSerializer})
+    @extend_schema(
+        operation_id="budgets_create",
+        request=BudgetCreateSerializer,
+        responses={201: BudgetSerializer, **error_responses(400, *ORG_ERRORS, 413)},
+    )
     def post(self, request: Request, org: str) -> Response:
         serializer = BudgetCreateSerializer(data=request.data, context={"organization": self.organization})
         serializer.is_valid(raise_exception=True)
@@ -61,11 +69,15 @@ class BudgetDetailView(OrganizationScopedView):
             raise NotFound("No such budget.")
         return budget
 
-    @extend_schema(operation_id="budgets_retrieve", responses=BudgetSerializer)
+    @extend_schema(operation_id="budgets_retrieve", responses={200: BudgetSerializer, **error_responses(*ORG_ERRORS)})
     def get(self, request: Request, org: str, budget_id: int) -> Response:
         return Response(BudgetSerializer(self.get_budget(budget_id)).data)
 
-    @extend_schema(operation_id="budgets_update", request=BudgetUpdateSerializer, responses=BudgetSerializer)
+    @extend_schema(
+        operation_id="budgets_update",
+        request=BudgetUpdateSerializer,
+        responses={200: BudgetSerializer, **error_responses(400, *ORG_ERRORS, 413)},
+    )
     def patch(self, request: Request, org: str, budget_id: int) -> Response:
         budget = self.get_budget(budget_id)
         serializer = BudgetUpdateSerializer(data=request.data)
@@ -73,7 +85,7 @@ class BudgetDetailView(OrganizationScopedView):
         updated = services.budget_update(budget=budget, actor=acting_user(request), **serializer.validated_data)
         return Response(BudgetSerializer(updated).data)
 
-    @extend_schema(operation_id="budgets_destroy", responses={204: None})
+    @extend_schema(operation_id="budgets_destroy", responses={204: None, **error_responses(*ORG_ERRORS)})
     def delete(self, request: Request, org: str, budget_id: int) -> Response:
         services.budget_delete(budget=self.get_budget(budget_id), actor=acting_user(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -86,7 +98,16 @@ class NotificationListView(OrganizationScopedView):
     @extend_schema(
         operation_id="notifications_list",
         parameters=[NotificationQuerySerializer],
-        responses=NotificationSerializer(many=True),
+        responses={
+            200: list_of(
+                NotificationSerializer,
+                name="NotificationList",
+                extra={
+                    "unread_count": serializers.IntegerField(help_text="Unread notifications, all of them."),
+                },
+            ),
+            **error_responses(400, *ORG_ERRORS),
+        },
     )
     def get(self, request: Request, org: str) -> Response:
         query = NotificationQuerySerializer(data=request.query_params)
@@ -107,7 +128,11 @@ class NotificationListView(OrganizationScopedView):
 class NotificationReadView(OrganizationScopedView):
     perms = {"POST": Perm.ORG_VIEW}
 
-    @extend_schema(operation_id="notifications_read", request=None, responses=NotificationSerializer)
+    @extend_schema(
+        operation_id="notifications_read",
+        request=None,
+        responses={200: NotificationSerializer, **error_responses(*ORG_ERRORS)},
+    )
     def post(self, request: Request, org: str, notification_id: int) -> Response:
         notification: Notification | None = services.notification_get(
             organization=self.organization, notification_id=notification_id
@@ -123,7 +148,19 @@ class RecommendationListView(OrganizationScopedView):
     @extend_schema(
         operation_id="recommendations_list",
         parameters=[RecommendationQuerySerializer],
-        responses=RecommendationSerializer(many=True),
+        responses={
+            200: list_of(
+                RecommendationSerializer,
+                name="RecommendationList",
+                extra={
+                    "days": serializers.IntegerField(help_text="The days of usage read."),
+                    "total_monthly_saving_usd": serializers.CharField(
+                        help_text="The recommendations' savings per 30 days, summed, in US dollars."
+                    ),
+                },
+            ),
+            **error_responses(400, *ORG_ERRORS),
+        },
     )
     def get(self, request: Request, org: str) -> Response:
         query = RecommendationQuerySerializer(data=request.query_params)

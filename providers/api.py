@@ -12,9 +12,12 @@ from rest_framework.response import Response
 
 from accounts.api import OrganizationScopedView, acting_user
 from accounts.permissions import Perm
+from routing.openapi import ORG_ERRORS, error_responses, list_of
 
 from . import services
 from .models import Provider, ProviderCredential
+
+NO_KEY = "No such organization or provider, or the organization has no key of its own for it."
 
 
 class ProviderCredentialSerializer(serializers.ModelSerializer[ProviderCredential]):
@@ -33,7 +36,13 @@ class ProviderCredentialSetSerializer(serializers.Serializer[Any]):
 class ProviderCredentialListView(OrganizationScopedView):
     perms = {"GET": Perm.CREDENTIALS_MANAGE}
 
-    @extend_schema(operation_id="org_credentials_list", responses=ProviderCredentialSerializer(many=True))
+    @extend_schema(
+        operation_id="org_credentials_list",
+        responses={
+            200: list_of(ProviderCredentialSerializer, name="ProviderCredentialList"),
+            **error_responses(*ORG_ERRORS),
+        },
+    )
     def get(self, request: Request, org: str) -> Response:
         rows = ProviderCredential.objects.filter(organization=self.organization).select_related("provider")
         return Response({"object": "list", "data": ProviderCredentialSerializer(rows, many=True).data})
@@ -58,14 +67,17 @@ class ProviderCredentialDetailView(OrganizationScopedView):
             raise NotFound("This organization has no key of its own for that provider.")
         return found
 
-    @extend_schema(operation_id="org_credentials_retrieve", responses=ProviderCredentialSerializer)
+    @extend_schema(
+        operation_id="org_credentials_retrieve",
+        responses={200: ProviderCredentialSerializer, **error_responses(*ORG_ERRORS, described={404: NO_KEY})},
+    )
     def get(self, request: Request, org: str, provider: str) -> Response:
         return Response(ProviderCredentialSerializer(self.credential(provider)).data)
 
     @extend_schema(
         operation_id="org_credentials_set",
         request=ProviderCredentialSetSerializer,
-        responses=ProviderCredentialSerializer,
+        responses={200: ProviderCredentialSerializer, **error_responses(400, *ORG_ERRORS, 413)},
     )
     def put(self, request: Request, org: str, provider: str) -> Response:
         target = self.provider(provider)
@@ -79,7 +91,10 @@ class ProviderCredentialDetailView(OrganizationScopedView):
         )
         return Response(ProviderCredentialSerializer(credential).data)
 
-    @extend_schema(operation_id="org_credentials_delete", responses={204: None})
+    @extend_schema(
+        operation_id="org_credentials_delete",
+        responses={204: None, **error_responses(*ORG_ERRORS, described={404: NO_KEY})},
+    )
     def delete(self, request: Request, org: str, provider: str) -> Response:
         services.provider_credential_delete(credential=self.credential(provider), actor=acting_user(request))
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -16,6 +16,7 @@ from accounts.auth import KeyIdentity
 from muxer_project.errors import APIError
 
 from . import services
+from .openapi import error_responses
 
 
 class StrictCharField(serializers.CharField):
@@ -79,7 +80,19 @@ class FeedbackView(APIView):
     @extend_schema(
         operation_id="v1_feedback_create",
         request=FeedbackRequestSerializer,
-        responses={201: FeedbackSerializer, 200: FeedbackSerializer},
+        responses={
+            201: FeedbackSerializer,
+            200: FeedbackSerializer,
+            **error_responses(
+                400,
+                401,
+                413,
+                described={
+                    403: "The API key lacks the 'proxy' scope.",
+                    404: "No request with that id in the organization.",
+                },
+            ),
+        },
     )
     def post(self, request: Request) -> Response:
         identity = request.auth

@@ -1,10 +1,18 @@
-"""OpenAPI documentation for what drf-spectacular cannot see: the Channels proxy endpoints."""
+"""OpenAPI documentation shared by the API's views, and what drf-spectacular cannot see: the Channels proxy endpoints.
+
+Views document their answers with :func:`list_of` (the ``{"object": "list", "data": [...]}``
+envelope every list endpoint returns) and :func:`error_responses` (the statuses a view can
+really answer with, each in the OpenAI error shape that ``routing.errors`` renders).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiResponse, extend_schema_field, inline_serializer
+from rest_framework import serializers
 
 ERROR = {
     "type": "object",
@@ -21,6 +29,74 @@ ERROR = {
         }
     },
 }
+
+
+class ErrorDetailSerializer(serializers.Serializer[Any]):
+    message = serializers.CharField()
+    type = serializers.CharField()
+    param = serializers.CharField(allow_null=True, help_text="The parameter or field at fault, if one is.")
+    code = serializers.CharField(allow_null=True)
+
+
+class ErrorSerializer(serializers.Serializer[Any]):
+    """Every 4xx and 5xx answer of the API: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error = ErrorDetailSerializer()
+
+
+# What each status means on the management API; a view passes its own wording where it says more.
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "The body or a query parameter is not valid.",
+    401: "No credentials, or they are not valid (unknown, revoked or expired).",
+    403: "Your role, or the API key's scope, does not allow this.",
+    404: "No such organization (or you are not a member of it), or no such object in it.",
+    409: "The change conflicts with the current state.",
+    413: "The request body is larger than the API's limit.",
+    429: "Too many requests; see Retry-After.",
+}
+
+# Every view under /api/orgs/<org>/: a caller must sign in (401), be a member (404) with the right role (403).
+ORG_ERRORS = (401, 403, 404)
+
+
+def error_responses(
+    *statuses: int, described: Mapping[int, str] | None = None
+) -> dict[tuple[int, str], OpenApiResponse]:
+    """The error answers of a view, for ``extend_schema(responses={...})``.
+
+    ``statuses`` take their description from :data:`ERROR_DESCRIPTIONS`; ``described``
+    adds statuses, or rewords them, with what this view means by them. Errors are JSON
+    whatever the view's renderers (a CSV export's too), so the media type is explicit.
+    """
+    wording = {**{status: ERROR_DESCRIPTIONS[status] for status in statuses}, **(described or {})}
+    return {
+        (status, "application/json"): OpenApiResponse(ErrorSerializer, description=wording[status])
+        for status in sorted(wording)
+    }
+
+
+@extend_schema_field({"type": "string", "enum": ["list"]})
+class ListObjectField(serializers.CharField):
+    """The ``object`` of a list envelope: always ``"list"``."""
+
+
+def list_of(
+    item: type[serializers.BaseSerializer[Any]] | serializers.BaseSerializer[Any],
+    *,
+    name: str,
+    extra: Mapping[str, serializers.Field[Any, Any, Any, Any]] | None = None,
+) -> serializers.Serializer[Any]:
+    """The list envelope ``{"object": "list", "data": [item, ...], **extra}`` as a named schema component.
+
+    ``item`` is the serializer (class or instance) of one element of ``data``; ``extra``
+    documents the keys a view adds beside ``data`` (``unread_count``, ``has_more``...).
+    """
+    element = item.__class__ if isinstance(item, serializers.BaseSerializer) else item
+    return inline_serializer(  # type: ignore[no-any-return]
+        name=name,
+        fields={"object": ListObjectField(), "data": element(many=True), **(extra or {})},
+    )
+
 
 CHAT_REQUEST = {
     "type": "object",

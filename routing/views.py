@@ -18,10 +18,13 @@ from providers.catalog import Catalog, get_catalog_sync
 from providers.credentials import catalog_for, organization_keys_sync
 from providers.resilience import open_circuits
 
+from .openapi import error_responses, list_of
 from .schema import RoutingOptions, parse_chat_request, parse_max_cost, parse_strategy, too_large
 from .selection import select_route, servable
 from .semantic import semantic_model_for_sync
 from .strategies.base import permitted
+
+NO_PROXY = "The API key lacks the 'proxy' scope."
 
 
 class ModelSerializer(serializers.Serializer[Any]):
@@ -49,9 +52,7 @@ class ModelListView(APIView):
 
     @extend_schema(
         operation_id="v1_models_list",
-        responses=inline_serializer(
-            "ModelList", fields={"object": serializers.CharField(), "data": ModelSerializer(many=True)}
-        ),
+        responses={200: list_of(ModelSerializer, name="ModelList"), **error_responses(401, described={403: NO_PROXY})},
     )
     def get(self, request: Request) -> Response:
         identity = key_identity(request)
@@ -64,7 +65,13 @@ class ModelListView(APIView):
 
 
 class ModelDetailView(ModelListView):
-    @extend_schema(operation_id="v1_models_retrieve", responses=ModelSerializer)
+    @extend_schema(
+        operation_id="v1_models_retrieve",
+        responses={
+            200: ModelSerializer,
+            **error_responses(401, described={403: NO_PROXY, 404: "No such model, or not one this key may use."}),
+        },
+    )
     def get(self, request: Request, model: str) -> Response:  # type: ignore[override]
         identity = key_identity(request)
         found = catalog_for_key(identity).get(model)
@@ -92,24 +99,35 @@ class RouteView(APIView):
                 "messages": serializers.ListField(child=serializers.DictField()),
             },
         ),
-        responses=inline_serializer(
-            "RouteDecision",
-            fields={
-                "object": serializers.CharField(),
-                "strategy": serializers.CharField(),
-                "model": serializers.CharField(),
-                "provider": serializers.CharField(),
-                "quality_tier": serializers.CharField(),
-                "reason": serializers.CharField(),
-                "confidence": serializers.FloatField(),
-                "score": serializers.FloatField(allow_null=True),
-                "estimated_cost_usd": serializers.CharField(),
-                "max_output_tokens": serializers.IntegerField(allow_null=True),
-                "max_cost_usd": serializers.CharField(allow_null=True),
-                "fallbacks": serializers.ListField(child=serializers.DictField()),
-                "cascade": serializers.ListField(child=serializers.DictField()),
-            },
-        ),
+        responses={
+            200: inline_serializer(
+                "RouteDecision",
+                fields={
+                    "object": serializers.CharField(),
+                    "strategy": serializers.CharField(),
+                    "model": serializers.CharField(),
+                    "provider": serializers.CharField(),
+                    "quality_tier": serializers.CharField(),
+                    "reason": serializers.CharField(),
+                    "confidence": serializers.FloatField(),
+                    "score": serializers.FloatField(allow_null=True),
+                    "estimated_cost_usd": serializers.CharField(),
+                    "max_output_tokens": serializers.IntegerField(allow_null=True),
+                    "max_cost_usd": serializers.CharField(allow_null=True),
+                    "fallbacks": serializers.ListField(child=serializers.DictField()),
+                    "cascade": serializers.ListField(child=serializers.DictField()),
+                },
+            ),
+            **error_responses(
+                401,
+                413,
+                described={
+                    400: "The body or a header is not valid, or no model this key may use can serve it.",
+                    403: "The API key lacks the 'proxy' scope, or may not use the model.",
+                    404: "No such model.",
+                },
+            ),
+        },
     )
     def post(self, request: Request) -> Response:
         identity = key_identity(request)

@@ -23,10 +23,23 @@ from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from .endpoints import ID_FACTORIES, World, build_world
 
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 CONSUMER_PATHS = r"^/v1/(chat/completions|embeddings|messages)$"
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application()).exclude(path_regex=CONSUMER_PATHS)
@@ -67,4 +80,4 @@ def aim(case: schemathesis.Case, world: World) -> None:
 def test_no_server_errors(case: schemathesis.Case, fuzz_world: World) -> None:
     aim(case, fuzz_world)
     principal = "key:proxy" if case.path.startswith("/v1/") else "owner"
-    case.call_and_validate(headers={"Authorization": fuzz_world.bearer(principal)}, checks=[not_a_server_error])
+    case.call_and_validate(headers={"Authorization": fuzz_world.bearer(principal)}, checks=CHECKS)
