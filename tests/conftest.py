@@ -6,6 +6,7 @@ they skip when it is not configured; under CI (``CI`` set) they fail instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -295,6 +296,37 @@ def gateway(
             from muxer_project.redis import sync_redis
 
             sync_redis().delete(stream)
+
+
+@contextlib.contextmanager
+def gateway_processes(
+    count: int, fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory, **env_overrides: str
+) -> Iterator[list[str]]:
+    """``count`` uvicorn processes of the gateway sharing the test database and Redis, as separate instances
+    would; yields their base URLs. ``env_overrides`` adds settings (e.g. shorter caches)."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        **provider_env(fake_upstream.url),
+        **BREAKER_OFF,
+        "SECRET_KEY": settings.SECRET_KEY,
+        **env_overrides,
+    }
+    processes, urls = [], []
+    try:
+        for index in range(count):
+            port = free_port()
+            log = tmp_path_factory.mktemp(f"instance-{index}") / "server.log"
+            command = [sys.executable, "-m", "uvicorn", "muxer_project.asgi:application", "--port", str(port),
+                       "--log-level", "warning"]  # fmt: skip
+            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+            processes.append(process)
+            urls.append(f"http://127.0.0.1:{port}")
+            wait_for(f"{urls[-1]}/healthz", process, log)
+        yield urls
+    finally:
+        for process in processes:
+            stop(process)
 
 
 # --- Celery: eager in the test's process, or a real worker on the broker --------------------------

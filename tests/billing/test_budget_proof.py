@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,23 +13,13 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from django.conf import settings
 from django.test import override_settings
 
 from accounts.models import Organization, User
 from billing.budgets import budget_usage
 from billing.models import Budget, UsageRecord, UsageStatus
 from billing.usage import usage_drain
-from tests.conftest import (
-    BREAKER_OFF,
-    ROOT,
-    FakeUpstream,
-    database_url,
-    free_port,
-    provider_env,
-    stop,
-    wait_for,
-)
+from tests.conftest import FakeUpstream, gateway_processes
 from tests.factories import issue_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -53,32 +40,12 @@ def servers(
 ) -> Iterator[Servers]:
     """Two gateway processes sharing the test database, Redis and one usage stream, as two instances would."""
     stream = f"muxer:usage:test:{uuid.uuid4().hex}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        **provider_env(fake_upstream.url),
-        **BREAKER_OFF,
-        "MUXER_KEY_CACHE_SECONDS": "0.5",
-        "MUXER_CATALOG_CACHE_SECONDS": "0.5",
-        "MUXER_BUDGET_CACHE_SECONDS": "0.2",
-        "MUXER_USAGE_STREAM": stream,
-        "SECRET_KEY": settings.SECRET_KEY,
-    }
-    processes, urls = [], []
+    short_caches = {"MUXER_KEY_CACHE_SECONDS": "0.5", "MUXER_CATALOG_CACHE_SECONDS": "0.5",
+                    "MUXER_BUDGET_CACHE_SECONDS": "0.2", "MUXER_USAGE_STREAM": stream}  # fmt: skip
     try:
-        for index in range(2):
-            port = free_port()
-            log = tmp_path_factory.mktemp(f"budget-gateway-{index}") / "server.log"
-            command = [sys.executable, "-m", "uvicorn", "muxer_project.asgi:application", "--port", str(port),
-                       "--log-level", "warning"]  # fmt: skip
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-            processes.append(process)
-            urls.append(f"http://127.0.0.1:{port}")
-            wait_for(f"{urls[-1]}/healthz", process, log)
-        yield Servers(urls=urls, usage_stream=stream)
+        with gateway_processes(2, fake_upstream, tmp_path_factory, **short_caches) as urls:
+            yield Servers(urls=urls, usage_stream=stream)
     finally:
-        for process in processes:
-            stop(process)
         from muxer_project.redis import sync_redis
 
         sync_redis().delete(stream)
