@@ -5,7 +5,9 @@ A pytest plugin (registered in tests/conftest.py). During the session it
 - records every secret the application issues: API keys (every one
   ``accounts.keys.generate_key`` makes, and any adopted through
   ``api_key_create``, such as the demo key), invitation tokens, webhook
-  signing secrets and the provider keys organizations store (BYOK);
+  signing secrets, the provider keys organizations store (BYOK), and every
+  JSON Web Token signed (access and refresh tokens alike: simplejwt signs
+  each one through ``TokenBackend.encode``);
 - captures every log record of the test process at DEBUG and up, with its
   arguments and traceback;
 - after each test that used the database, and before its rows are rolled
@@ -201,6 +203,8 @@ def _wrap(module: Any, name: str, record: Callable[[tuple[Any, ...], dict[str, A
 
 
 def _watch_secrets() -> None:
+    from rest_framework_simplejwt.backends import TokenBackend
+
     from accounts import keys, services
     from providers import services as provider_services
 
@@ -211,6 +215,8 @@ def _watch_secrets() -> None:
     _wrap(services, "invitation_create", lambda a, k, result: LEDGER.add("invitation token", result.token))
     _wrap(services, "organization_webhook_secret_rotate", lambda a, k, result: LEDGER.add("webhook secret", result))
     _wrap(provider_services, "provider_credential_set", lambda a, k, result: LEDGER.add("provider key", k["api_key"]))
+    # Every token str()'d, whichever class (access, refresh, sliding) or code path (for_user, refresh rotation) made it.
+    _wrap(TokenBackend, "encode", lambda a, k, result: LEDGER.add("JWT", result))
 
 
 def _watch_logs() -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from django.test import RequestFactory
+from django.urls import reverse
+from rest_framework.test import APIClient
 
 from accounts.models import Organization, User
 from audit.models import AuditEvent
@@ -20,6 +22,11 @@ from tests.factories import issue_key
 
 PLANTED_KEY = "mm_live_PLANTEDplantedPLANTEDplanted0000abcdef"
 PLANTED_TOKEN = "mm_inv_PLANTEDinvitationTOKENplanted0123"
+# The shape of a simplejwt access token, signed by no one.
+PLANTED_JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ0b2tlbl90eXBlIjoiYWNjZXNzIiwicGxhbnRlZCI6dHJ1ZX0"
+    ".PLANTEDjwtSIGNATUREplanted0000000000000000"
+)
 
 
 @pytest.fixture
@@ -27,6 +34,7 @@ def ledger() -> hygiene.SecretLedger:
     planted = hygiene.SecretLedger()
     planted.add("API key", PLANTED_KEY)
     planted.add("invitation token", PLANTED_TOKEN)
+    planted.add("JWT", PLANTED_JWT)
     return planted
 
 
@@ -52,6 +60,16 @@ def test_it_finds_a_secret_in_a_traceback_and_in_extras(ledger: hygiene.SecretLe
     extra_only = planted_record("nothing here")
     extra_only.__dict__["authorization"] = f"Bearer {PLANTED_KEY}"
     assert [leak.kind for leak in ledger.find(hygiene.record_text(extra_only), "here")] == ["API key"]
+
+
+def test_it_finds_a_jwt_in_a_log_record(ledger: hygiene.SecretLedger) -> None:
+    record = planted_record("request with headers %s", {"Authorization": f"Bearer {PLANTED_JWT}"})
+    [leak] = hygiene.log_leaks(ledger, [("django.request", hygiene.record_text(record))])
+    assert leak.kind == "JWT"
+    assert PLANTED_JWT not in str(leak)
+    assert leak.prefix == PLANTED_JWT[:8]
+    # Its header and payload alone (no signature) are not the token: not a leak.
+    assert ledger.find(PLANTED_JWT.rsplit(".", 1)[0], "here") == []
 
 
 def test_it_ignores_texts_without_the_secret(ledger: hygiene.SecretLedger) -> None:
@@ -91,6 +109,28 @@ def test_it_finds_a_secret_in_any_field_of_an_audit_row(
 def test_the_session_records_issued_keys(organization: Organization, owner: User) -> None:
     issued = issue_key(organization, created_by=owner)
     assert issued.secret in hygiene.LEDGER
+
+
+@pytest.mark.django_db
+def test_the_session_records_issued_jwts(owner: User) -> None:
+    client = APIClient()
+    pair = client.post(
+        reverse("token-obtain"), {"email": owner.email, "password": "correct horse battery staple"}, format="json"
+    ).json()
+    assert pair["access"] in hygiene.LEDGER
+    assert pair["refresh"] in hygiene.LEDGER
+    rotated = client.post(reverse("token-refresh"), {"refresh": pair["refresh"]}, format="json").json()
+    assert rotated["refresh"] != pair["refresh"]
+    assert rotated["access"] in hygiene.LEDGER
+    assert rotated["refresh"] in hygiene.LEDGER
+
+
+@pytest.mark.django_db
+def test_it_finds_a_jwt_in_an_audit_row(ledger: hygiene.SecretLedger, organization: Organization) -> None:
+    AuditEvent.objects.create(action="user.login", organization=organization, metadata={"token": PLANTED_JWT})
+    [leak] = hygiene.audit_leaks(ledger, "the test")
+    assert leak.kind == "JWT"
+    assert "user.login" in leak.where
 
 
 def test_the_session_captures_log_records() -> None:
