@@ -13,7 +13,8 @@ from typing import Any
 
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -79,6 +80,16 @@ class TokenObtainView(_PlainTokenErrors, jwt_views.TokenObtainPairView):
 
     @extend_schema(
         operation_id="auth_token_obtain",
+        parameters=[
+            OpenApiParameter(
+                "Retry-After",
+                OpenApiTypes.INT,
+                OpenApiParameter.HEADER,
+                response=[429],
+                required=True,
+                description="Seconds until the lockout ends.",
+            )
+        ],
         responses={
             200: TOKEN_PAIR,
             **error_responses(
