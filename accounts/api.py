@@ -42,6 +42,7 @@ from .serializers import (
     MemberRemoveQuerySerializer,
     MemberSerializer,
     MembershipUpdateSerializer,
+    OrganizationCreateSerializer,
     OrganizationRoutingPolicyUpdateSerializer,
     OrganizationSerializer,
     OrganizationUpdateSerializer,
@@ -225,6 +226,20 @@ class OrganizationListView(APIView):
     def get(self, request: Request) -> Response:
         organizations = selectors.organizations_for_user(user=signed_in_user(request))
         return Response({"object": "list", "data": OrganizationSerializer(organizations, many=True).data})
+
+    @extend_schema(
+        operation_id="orgs_create",
+        request=OrganizationCreateSerializer,
+        responses={201: OrganizationSerializer, **error_responses(400, 401, 403)},
+    )
+    def post(self, request: Request) -> Response:
+        """Create an organization; the signed-in user becomes its owner. API keys cannot (403)."""
+        user = signed_in_user(request)
+        serializer = OrganizationCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        organization = services.organization_create(owner=user, **serializer.validated_data)
+        body = {**OrganizationSerializer(organization).data, "role": Role.OWNER.value}
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 class OrganizationDetailView(OrganizationScopedView):

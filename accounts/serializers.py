@@ -62,6 +62,12 @@ class StrictInput(serializers.Serializer[Any]):
         return super().to_internal_value(data)
 
 
+def valid_timezone(value: str) -> str:
+    if value not in _time_zones():
+        raise serializers.ValidationError(f"{value!r} is not an IANA time zone (like 'Europe/Paris' or 'UTC').")
+    return value
+
+
 def per_minute_limit() -> serializers.IntegerField:
     """A requests- or tokens-per-minute limit: a positive number, or null for no limit."""
     return serializers.IntegerField(min_value=1, max_value=MAX_INT, required=False, allow_null=True)
@@ -126,9 +132,7 @@ class OrganizationUpdateSerializer(StrictInput):
     tpm_limit = per_minute_limit()
 
     def validate_timezone(self, value: str) -> str:
-        if value not in _time_zones():
-            raise serializers.ValidationError(f"{value!r} is not an IANA time zone (like 'Europe/Paris' or 'UTC').")
-        return value
+        return valid_timezone(value)
 
     def validate_webhook_url(self, value: str) -> str:
         if value and urlsplit(value).scheme not in ("http", "https"):
@@ -187,6 +191,15 @@ class TeamSerializer(serializers.ModelSerializer[Team]):
     class Meta:
         model = Team
         fields = ["id", "name", "rpm_limit", "tpm_limit", "created_at"]
+
+
+class OrganizationCreateSerializer(StrictInput):
+    name = serializers.CharField(max_length=200)
+    slug = serializers.SlugField(max_length=70, required=False, help_text="Taken from the name when left out.")
+    timezone = serializers.CharField(max_length=64, required=False)
+
+    def validate_timezone(self, value: str) -> str:
+        return valid_timezone(value)
 
 
 class TeamCreateSerializer(StrictInput):

@@ -150,13 +150,20 @@ def _apply(row: models.Model, changes: Mapping[str, object]) -> tuple[dict[str, 
 
 
 @transaction.atomic
-def organization_create(*, name: str, owner: User, slug: str = "") -> Organization:
+def organization_create(*, name: str, owner: User, slug: str = "", timezone: str = "UTC") -> Organization:
+    """A new organization with ``owner`` as its owner; a taken slug gets a number (``acme-2``)."""
     base = slugify(slug or name)[:70] or "org"
-    candidate, n = base, 1
-    while Organization.objects.filter(slug=candidate).exists():
+    organization, n = None, 1
+    while organization is None:
+        candidate = base if n == 1 else f"{base}-{n}"
         n += 1
-        candidate = f"{base}-{n}"
-    organization = Organization.objects.create(name=name, slug=candidate)
+        if Organization.objects.filter(slug=candidate).exists():
+            continue
+        try:
+            with transaction.atomic():  # another request may take the slug between the check and the insert
+                organization = Organization.objects.create(name=name, slug=candidate, timezone=timezone)
+        except IntegrityError:
+            continue
     Membership.objects.create(user=owner, organization=organization, role=Role.OWNER)
     audit_event_record(
         action="organization.created",
@@ -164,7 +171,8 @@ def organization_create(*, name: str, owner: User, slug: str = "") -> Organizati
         actor=owner,
         target_type="organization",
         target_id=organization.pk,
-        metadata={"name": name, "slug": candidate},
+        metadata={"name": name, "slug": organization.slug},
+        after={"name": name, "slug": organization.slug, "timezone": timezone},
     )
     return organization
 
