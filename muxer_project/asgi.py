@@ -4,6 +4,7 @@ The hot proxy endpoints are Channels consumers; everything else (the DRF API,
 the console, the admin) goes through Django's ASGI handler.
 """
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -31,3 +32,9 @@ application = ProtocolTypeRouter(
         "lifespan": LifespanApp(),
     }
 )
+
+# Everything loaded so far (Django, the catalog code, numpy/scipy/sklearn, the router's model) lives as long
+# as the process. Moving it out of the collector's reach keeps each full collection from walking ~200k
+# long-lived objects: measured here at ~140 ms per pass, which showed up as the p99 under load.
+gc.collect()
+gc.freeze()
