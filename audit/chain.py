@@ -100,6 +100,12 @@ def chain_lock(using: str = "default") -> None:
     PostgreSQL: a transaction-scoped advisory lock, so the next writer reads the
     last hash only after this one has committed. SQLite: its writers are
     serialized already (IMMEDIATE transactions take the write lock up front).
+
+    The lock is held until the caller's transaction commits, so every audited
+    write is serialized behind it. Services therefore record their event last,
+    after taking their own row locks: locking rows after the chain lock, in an
+    order another transaction takes the other way round, can deadlock on
+    PostgreSQL (one of the two is aborted).
     """
     connection = connections[using]
     if connection.vendor == "postgresql":
