@@ -10,9 +10,11 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 
-from . import bruteforce
+from muxer_project.errors import APIError
+
+from . import bruteforce, selectors, services
 from .models import Membership, User
 
 
@@ -72,3 +74,27 @@ def console_home(request: HttpRequest) -> HttpResponse:
         else Membership.objects.none()
     )
     return render(request, "console/home.html", {"memberships": memberships})
+
+
+@login_required
+def invitation_accept_page(request: HttpRequest) -> HttpResponse:
+    """Where the emailed link lands: shows the invitation, and joins on POST (CSRF-protected).
+
+    The same checks as ``POST /api/invitations/accept/``; a refusal shows its message with its status.
+    """
+    user = request.user
+    assert isinstance(user, User)  # login_required
+    token = (request.POST.get("token") if request.method == "POST" else request.GET.get("token")) or ""
+    invitation = selectors.invitation_for_token(token=token) if token else None
+    context: dict[str, Any] = {"token": token, "invitation": invitation}
+    if invitation is None:
+        context["error"] = "No such invitation; check the link, or ask for a new one."
+        return render(request, "console/invitation.html", context, status=404)
+    if request.method == "POST":
+        try:
+            services.invitation_accept(token=token, user=user)
+        except APIError as exc:
+            context["error"] = exc.message
+            return render(request, "console/invitation.html", context, status=exc.status)
+        return redirect("console-home")
+    return render(request, "console/invitation.html", context)

@@ -92,6 +92,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerSplitView.as_view(), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(template_name="docs/redoc.html"), name="api-redoc"),
     path("console/", console.console_home, name="console-home"),
+    path("invitations/accept/", console.invitation_accept_page, name="invitation-accept-page"),
     path("console/login/", console.ConsoleLoginView.as_view(), name="console-login"),
     path("console/logout/", console.ConsoleLogoutView.as_view(), name="console-logout"),
     path("admin/", admin.site.urls),
