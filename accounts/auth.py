@@ -10,17 +10,14 @@ does not become a flood of queries.
 from __future__ import annotations
 
 import hmac
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
 from django.utils import timezone
 
+from muxer_project.cached_loader import CachedLoader
 from muxer_project.errors import APIError, invalid_api_key, permission_denied
-from muxer_project.singleflight import SingleFlight
 from routing.pii import PIIPolicy
 
 from . import keys
@@ -63,25 +60,8 @@ class KeyIdentity:
         return not self.org_allowed_providers or slug in self.org_allowed_providers
 
 
-_cache: dict[str, tuple[float, KeyIdentity | None]] = {}
-_loads = SingleFlight()
-
-
 def forget_cached_keys() -> None:
-    _cache.clear()
-
-
-def _load_in_worker(prefix: str) -> KeyIdentity | None:
-    """The lookup for ``authenticate``, run on a worker thread of its own.
-
-    The proxy runs outside Django's request cycle, so nothing else retires that
-    thread's connection. Never call this on the caller's thread: closing its
-    connection would break any transaction the caller is in.
-    """
-    try:
-        return _query(prefix)
-    finally:
-        close_old_connections()
+    _identities.forget()
 
 
 def _query(prefix: str) -> KeyIdentity | None:
@@ -149,6 +129,12 @@ def _pii_policy(raw: object) -> PIIPolicy:
         return PIIPolicy()
 
 
+# Unknown prefixes are cached too (as None), so a flood of forged keys is not a flood of queries.
+_identities: CachedLoader[str, KeyIdentity | None] = CachedLoader(
+    "api-keys", _query, lambda: settings.MUXER_KEY_CACHE_SECONDS, max_entries=_MAX_CACHED
+)
+
+
 def _parse_bearer(header: str | None) -> str:
     if not header:
         raise invalid_api_key(
@@ -175,38 +161,17 @@ def _check(token: str, identity: KeyIdentity | None, scope: str | None) -> KeyId
     return identity
 
 
-def _cached(prefix: str) -> tuple[bool, KeyIdentity | None]:
-    hit = _cache.get(prefix)
-    if hit is not None and time.monotonic() - hit[0] < settings.MUXER_KEY_CACHE_SECONDS:
-        return True, hit[1]
-    return False, None
-
-
-def _remember(prefix: str, identity: KeyIdentity | None) -> None:
-    if len(_cache) >= _MAX_CACHED:
-        _cache.clear()
-    _cache[prefix] = (time.monotonic(), identity)
-
-
 async def authenticate(authorization: str | None, scope: str | None = "proxy") -> KeyIdentity:
     """The identity of a valid key holding ``scope``; else a 401 :class:`APIError` (403 for a missing scope)."""
     token = _parse_bearer(authorization)
     prefix = keys.lookup_prefix(token)
-    found, identity = _cached(prefix)
-    if not found:
-        identity = await _loads.run(prefix, lambda: sync_to_async(_load_in_worker, thread_sensitive=False)(prefix))
-        _remember(prefix, identity)
-    return _check(token, identity, scope)
+    return _check(token, await _identities.get(prefix), scope)
 
 
 def authenticate_sync(authorization: str | None, scope: str | None = "proxy") -> KeyIdentity:
     token = _parse_bearer(authorization)
     prefix = keys.lookup_prefix(token)
-    found, identity = _cached(prefix)
-    if not found:
-        identity = _query(prefix)
-        _remember(prefix, identity)
-    return _check(token, identity, scope)
+    return _check(token, _identities.get_sync(prefix), scope)
 
 
 __all__ = ["APIError", "KeyIdentity", "authenticate", "authenticate_sync", "forget_cached_keys"]

@@ -13,6 +13,7 @@ from pytest_django import DjangoAssertNumQueries, Settings
 from accounts import auth, keys, services
 from accounts.auth import KeyIdentity, authenticate, authenticate_sync
 from accounts.models import APIKey, Organization, User
+from muxer_project import cached_loader
 from muxer_project.errors import APIError
 from tests.factories import TeamFactory, issue_key
 
@@ -217,8 +218,8 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> FakeClock:
     settings.MUXER_KEY_CACHE_SECONDS = 5.0
-    fake = FakeClock(start=auth.time.monotonic())
-    monkeypatch.setattr(auth.time, "monotonic", fake)
+    fake = FakeClock(start=cached_loader.time.monotonic())
+    monkeypatch.setattr(cached_loader.time, "monotonic", fake)
     return fake
 
 
