@@ -66,13 +66,14 @@ async def post(
     content_length: bool = True,
     authorization: bytes | None = None,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
+    path: str = PATH,
 ) -> Reply:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     headers = request_headers(key, raw, content_length)
     if authorization is not None:
         headers.append((b"authorization", authorization))
     headers.extend(extra_headers or ())
-    communicator = HttpCommunicator(application, method, PATH, body=raw, headers=headers)
+    communicator = HttpCommunicator(application, method, path, body=raw, headers=headers)
     response = await communicator.get_response(timeout=TIMEOUT)
     # The consumer records usage after the response is complete; let it finish.
     await communicator.wait(timeout=TIMEOUT)

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pytest
-from channels.testing import HttpCommunicator
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from accounts.models import Organization, User
-from muxer_project.asgi import application
 from providers.catalog import forget_catalog
 from providers.models import Model
 from tests.conftest import FakeUpstream
 from tests.factories import issue_key
-from tests.routing.harness import TIMEOUT, Reply, assert_nothing_recorded, audit_count, in_thread, upstream_stats
+from tests.routing.harness import Reply, assert_nothing_recorded, audit_count, in_thread, post, upstream_stats
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,20 +34,7 @@ def embedding_key(organization: Organization, owner: User, catalog: None) -> str
 
 
 async def send(path: str, body: dict[str, Any], *, key: str) -> Reply:
-    raw = orjson.dumps(body)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(raw)).encode()),
-        (b"authorization", f"Bearer {key}".encode()),
-    ]
-    communicator = HttpCommunicator(application, "POST", path, body=raw, headers=headers)
-    response = await communicator.get_response(timeout=TIMEOUT)
-    await communicator.wait(timeout=TIMEOUT)
-    return Reply(
-        status=response["status"],
-        headers={name.decode(): value.decode() for name, value in response["headers"]},
-        body=response["body"],
-    )
+    return await post(body, key=key, path=path)
 
 
 def turns(count: int) -> list[dict[str, str]]:

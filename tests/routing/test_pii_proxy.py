@@ -19,20 +19,18 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from channels.testing import HttpCommunicator
 from django.forms.models import model_to_dict
 
 from accounts.auth import forget_cached_keys
 from accounts.models import Organization, User
 from billing.budgets import budget_usage
 from billing.models import Budget, UsageRecord
-from muxer_project.asgi import application
 from providers.catalog import forget_catalog
 from providers.fake_upstream import REPLY_PREFIX, SNIPPET_CHARS
 from routing.pii import CompletionStreamRestorer, PIIAction, PIIPolicy, guard
 from tests.conftest import FakeUpstream
 from tests.factories import issue_key
-from tests.routing.harness import TIMEOUT, Reply, data_chunks, in_thread, sse_events, upstream_stats, usage_rows
+from tests.routing.harness import Reply, data_chunks, in_thread, post, sse_events, upstream_stats, usage_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -99,23 +97,7 @@ async def assert_no_raw_value_in_usage(*values: str) -> list[UsageRecord]:
 
 
 async def send(path: str, body: dict[str, Any], *, key: str, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
-    raw = orjson.dumps(body)
-    all_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(raw)).encode()),
-        (b"authorization", f"Bearer {key}".encode()),
-        *(headers or ()),
-    ]
-    communicator = HttpCommunicator(application, "POST", path, body=raw, headers=all_headers)
-    response = await communicator.get_response(timeout=TIMEOUT)
-    await communicator.wait(timeout=TIMEOUT)
-    names = [name for name, _ in response["headers"]]
-    assert len(names) == len(set(names)), f"duplicate response headers: {names}"
-    return Reply(
-        status=response["status"],
-        headers={name.decode(): value.decode() for name, value in response["headers"]},
-        body=response["body"],
-    )
+    return await post(body, key=key, path=path, extra_headers=headers)
 
 
 def anthropic_events(body: bytes) -> list[dict[str, Any]]:
