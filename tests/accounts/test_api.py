@@ -19,7 +19,9 @@ from accounts.models import APIKey, Organization, Role, User
 from accounts.permissions import Perm
 from audit.models import AuditEvent
 from muxer_project.errors import APIError
-from tests.factories import MembershipFactory, OrganizationFactory, TeamFactory, UserFactory, issue_key
+from tests.factories import MembershipFactory, OrganizationFactory, TeamFactory, issue_key
+
+from .helpers import as_user, assert_openai_error, user_with_role
 
 if TYPE_CHECKING:
     from rest_framework.response import _MonkeyPatchedResponse as Response
@@ -42,26 +44,6 @@ def our_key(organization: Organization, owner: User) -> APIKey:
 @pytest.fixture
 def their_org(outsider: User) -> Organization:
     return outsider.memberships.get().organization
-
-
-def as_user(client: APIClient, user: User) -> APIClient:
-    client.force_authenticate(user)
-    return client
-
-
-def user_with_role(organization: Organization, role: str) -> User:
-    return MembershipFactory.create(organization=organization, role=role, user=UserFactory.create()).user
-
-
-def assert_openai_error(response: Response, status: int, *, code: str | None, param: str | None = None) -> None:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["type"] == "invalid_request_error"
-    assert body["error"]["code"] == code
-    assert body["error"]["param"] == param
-    assert body["error"]["message"]
 
 
 def urls(org: str, key_id: int) -> dict[str, tuple[str, str]]:

@@ -16,6 +16,7 @@ from accounts.models import APIKey, Organization, User
 from accounts.services import api_key_revoke
 from billing.models import UsageRecord, UsageStatus
 from routing.models import Feedback
+from tests.accounts.helpers import assert_openai_error
 from tests.factories import issue_key
 
 if TYPE_CHECKING:
@@ -85,17 +86,6 @@ def their_request_id(outsider: User) -> str:
 
 def post(client: APIClient, body: Any) -> Response:
     return client.post(URL, body, format="json")
-
-
-def assert_openai_error(response: Response, status: int, *, code: str | None, param: str | None) -> None:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["type"] == "invalid_request_error"
-    assert body["error"]["code"] == code
-    assert body["error"]["param"] == param
-    assert body["error"]["message"]
 
 
 # --- recording -------------------------------------------------------------------------------
