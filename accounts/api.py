@@ -252,7 +252,7 @@ class OrganizationDetailView(OrganizationScopedView):
     perms = {"GET": Perm.ORG_VIEW, "PATCH": Perm.ORG_UPDATE}
 
     def serializer_context(self) -> dict[str, bool]:
-        return {"reveal_webhook_url": role_can(self.role, Perm.ORG_UPDATE)}
+        return {"reveal_webhook_url": self.can(Perm.ORG_UPDATE)}
 
     @extend_schema(
         operation_id="orgs_retrieve", responses={200: OrganizationSerializer, **error_responses(*ORG_ERRORS)}
@@ -590,7 +590,7 @@ class APIKeyScopedView(TeamScopedView):
     def get_key_to_change(self, key_id: int) -> APIKey:
         """The key, if the caller may change it: any key with KEYS_MANAGE, else only the ones they created."""
         api_key = self.get_key(key_id)
-        if not role_can(self.role, Perm.KEYS_MANAGE):
+        if not self.can(Perm.KEYS_MANAGE):
             user_id = self.membership.user_id if self.membership is not None else None
             if user_id is None or api_key.created_by_id != user_id:
                 raise PermissionDenied(f"Your role ({self.role}) can only change the API keys you created.")
