@@ -152,6 +152,10 @@ def _parse_bearer(header: str | None) -> str:
 def _check(token: str, identity: KeyIdentity | None, scope: str | None) -> KeyIdentity:
     if identity is None or not hmac.compare_digest(identity.digest, keys.key_digest(token)):
         raise invalid_api_key("Incorrect API key provided.")
+    return _usable(identity, scope)
+
+
+def _usable(identity: KeyIdentity, scope: str | None) -> KeyIdentity:
     if identity.revoked:
         raise invalid_api_key("This API key has been revoked.")
     if identity.expires_at is not None and identity.expires_at <= timezone.now():
@@ -168,10 +172,27 @@ async def authenticate(authorization: str | None, scope: str | None = "proxy") -
     return _check(token, await _identities.get(prefix), scope)
 
 
+async def identity_for_key(*, organization_id: int, key_id: int, scope: str | None = "proxy") -> KeyIdentity:
+    """A key's identity without its secret, for a signed-in member acting through the console.
+
+    The same checks as :func:`authenticate` (revoked, expired, scope) apply; a
+    key of another organization does not exist (401 as an unknown key).
+    """
+    prefix = (
+        await APIKey.objects.filter(pk=key_id, organization_id=organization_id)
+        .values_list("prefix", flat=True)
+        .afirst()
+    )
+    identity = None if prefix is None else await _identities.get(prefix)
+    if identity is None:
+        raise invalid_api_key("No such API key in this organization.")
+    return _usable(identity, scope)
+
+
 def authenticate_sync(authorization: str | None, scope: str | None = "proxy") -> KeyIdentity:
     token = _parse_bearer(authorization)
     prefix = keys.lookup_prefix(token)
     return _check(token, _identities.get_sync(prefix), scope)
 
 
-__all__ = ["APIError", "KeyIdentity", "authenticate", "authenticate_sync", "forget_cached_keys"]
+__all__ = ["APIError", "KeyIdentity", "authenticate", "authenticate_sync", "forget_cached_keys", "identity_for_key"]

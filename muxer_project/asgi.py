@@ -12,9 +12,12 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "muxer_project.settings")
 django_asgi_app = get_asgi_application()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
+from console.routing import websocket_urlpatterns  # noqa: E402
 from muxer_project.lifespan import LifespanApp  # noqa: E402
 from routing.consumers import ChatCompletionsConsumer, EmbeddingsConsumer  # noqa: E402
 from routing.messages import MessagesConsumer  # noqa: E402
@@ -29,6 +32,8 @@ application = ProtocolTypeRouter(
                 re_path(r"", django_asgi_app),  # type: ignore[arg-type]
             ]
         ),
+        # The console's live updates and playground: the session's user, from this site's pages only.
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         "lifespan": LifespanApp(),
     }
 )

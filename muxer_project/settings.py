@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "routing",
     "billing",
     "audit",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -224,6 +225,9 @@ SPECTACULAR_SETTINGS = {
     # No "valid" badge fetched from validator.swagger.io.
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
+
+# --- Console ------------------------------------------------------------------
+# (sign-up, email verification, password reset, onboarding, the playground)
 
 # --- HTTP hardening (every environment) ---------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True

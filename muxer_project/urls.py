@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
-from django.urls import path
+from django.urls import include, path
 from django.views import defaults
 from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
@@ -95,6 +95,8 @@ urlpatterns = [
     path("invitations/accept/", console.invitation_accept_page, name="invitation-accept-page"),
     path("console/login/", console.ConsoleLoginView.as_view(), name="console-login"),
     path("console/logout/", console.ConsoleLogoutView.as_view(), name="console-logout"),
+    # Last among /console/: its organization pages start with the slug, so fixed paths above win.
+    path("console/", include("console.urls")),
     path("admin/", admin.site.urls),
 ]
 

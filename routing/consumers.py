@@ -694,7 +694,7 @@ class ChatCompletionsConsumer(RoutedConsumer):
     """``POST /v1/chat/completions``, streamed and not; routed requests may run as a cascade."""
 
     async def handle(self, body: bytes) -> None:
-        identity = await authenticate(self.header(b"authorization"))
+        identity = await self.identify()
         request = parse_chat_request(body)
         check_message_count(len(request.payload["messages"]))
         route = await self.admit_and_route(identity, request)
@@ -707,6 +707,10 @@ class ChatCompletionsConsumer(RoutedConsumer):
                 await self._complete(identity, request, route)
         finally:
             await self.settle_budget()
+
+    async def identify(self) -> KeyIdentity:
+        """The caller's key, from the Authorization header (the console's in-process calls name one instead)."""
+        return await authenticate(self.header(b"authorization"))
 
     def routing_options(self) -> RoutingOptions:
         """The routing headers: ``X-Muxer-Strategy`` and ``X-Muxer-Max-Cost`` (USD)."""
