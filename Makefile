@@ -8,7 +8,7 @@ FAKE_UPSTREAM_ADDR ?= 127.0.0.1:9100
 
 export HOST PORT FAKE_UPSTREAM_ADDR
 
-.PHONY: run test install install-dev lint bench clean
+.PHONY: run test install install-dev lint bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,14 @@ install-dev: $(VENV)/.dev-installed
 run: install
 	./scripts/run-embedded.sh
 
-test: install-dev
+# The browser tests drive Debian's chromium; install it when missing (as root, from Debian's packages).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  [ "$$(id -u)" = 0 ] || { echo "the browser tests need chromium: sudo apt-get install chromium" >&2; exit 1; }; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }
+
+test: install-dev chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev

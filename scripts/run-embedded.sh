@@ -21,13 +21,16 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
-key=$("$BIN/python" manage.py demo_setup | sed -n 's/^demo API key: //p')
+setup=$("$BIN/python" manage.py demo_setup)
+key=$(printf '%s\n' "$setup" | sed -n 's/^demo API key: //p')
+login=$(printf '%s\n' "$setup" | sed -n 's/^demo console login: //p')
 cat <<MSG
 
   ModelMuxer (embedded default: SQLite, in-process cache, eager Celery)
   gateway:       http://$HOST:$PORT/v1
   fake upstream: $MUXER_FAKE_BASE_URL
   demo API key:  $key
+  console:       http://$HOST:$PORT/console/  (sign in as ${login%% *}, password ${login#* })
 
   curl http://$HOST:$PORT/v1/chat/completions \\
     -H "Authorization: Bearer $key" -H "Content-Type: application/json" \\

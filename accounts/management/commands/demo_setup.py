@@ -1,6 +1,7 @@
 import hashlib
 import os
 import random
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,9 +57,18 @@ class Command(BaseCommand):
         for name in ("rpm", "tpm"):
             if options[name] < 0:
                 raise CommandError(f"--{name} must be 0 (no limit) or more.")
+        password = os.environ.get("MUXER_DEMO_PASSWORD", "").strip() or secrets.token_urlsafe(12)
         secret = self._setup(wanted or None, rpm=options["rpm"] or None, tpm=options["tpm"] or None)
+        self._console_login(password)
         self.stdout.write(f"demo organization: {DEMO_ORG_SLUG}")
         self.stdout.write(f"demo API key: {secret}")
+        self.stdout.write(f"demo console login: {DEMO_EMAIL} {password}")
+
+    def _console_login(self, password: str) -> None:
+        """The demo user signs in to the console with this password (MUXER_DEMO_PASSWORD, else a new one)."""
+        user = User.objects.get(email=DEMO_EMAIL)
+        user.set_password(password)
+        user.save(update_fields=["password"])
 
     @transaction.atomic
     def _setup(self, wanted: str | None, *, rpm: int | None, tpm: int | None) -> str:
