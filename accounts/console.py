@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -15,7 +16,7 @@ from django.shortcuts import redirect, render
 from muxer_project.errors import APIError
 
 from . import bruteforce, selectors, services
-from .models import Membership, User
+from .models import User
 
 
 class LockoutFormMixin:
@@ -59,6 +60,9 @@ class ConsoleLoginView(auth_views.LoginView):
     authentication_form = ConsoleAuthenticationForm
     redirect_authenticated_user = True
 
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        return {**super().get_context_data(**kwargs), "signup_enabled": settings.MUXER_SIGNUP_ENABLED}
+
 
 class ConsoleLogoutView(auth_views.LogoutView):
     """POST only (Django's LogoutView refuses GET), so a link on another site cannot sign anyone out."""
@@ -66,13 +70,11 @@ class ConsoleLogoutView(auth_views.LogoutView):
 
 @login_required
 def console_home(request: HttpRequest) -> HttpResponse:
-    """The organizations the signed-in user belongs to, with their role in each."""
+    """The organizations the signed-in user belongs to, with their role in each; none yet: the onboarding wizard."""
     user = request.user
-    memberships = (
-        Membership.objects.filter(user=user).select_related("organization", "team").order_by("organization__name")
-        if isinstance(user, User)
-        else Membership.objects.none()
-    )
+    memberships = list(selectors.memberships_for_user(user=user)) if isinstance(user, User) else []
+    if not memberships:
+        return redirect("console-onboarding")
     return render(request, "console/home.html", {"memberships": memberships})
 
 

@@ -34,6 +34,8 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_staff = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
     date_joined = models.DateTimeField(default=timezone.now)
+    # Set when the person opens the emailed verification link; until then they may not invite anyone.
+    email_verified_at = models.DateTimeField(null=True, blank=True)
 
     objects = UserManager()
 

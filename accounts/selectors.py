@@ -105,3 +105,11 @@ def routing_policy_problems(
             if outside:
                 problems["allowed_providers"] = [f"not allowed by the organization: {', '.join(outside)}."]
     return problems
+
+
+def active_user_get(*, user_id: int) -> User | None:
+    return User.objects.filter(pk=user_id, is_active=True).first()
+
+
+def memberships_for_user(*, user: User) -> QuerySet[Membership]:
+    return Membership.objects.filter(user=user).select_related("organization", "team").order_by("organization__name")

@@ -26,7 +26,7 @@ from django.utils.text import slugify
 from audit.services import audit_event_record
 from muxer_project.errors import APIError, invalid_request, not_found, permission_denied
 
-from . import keys, selectors
+from . import bruteforce, keys, selectors
 from .models import APIKey, Invitation, Membership, Organization, Role, Team, User
 
 logger = logging.getLogger(__name__)
@@ -149,15 +149,21 @@ def _apply(row: models.Model, changes: Mapping[str, object]) -> tuple[dict[str, 
 # --- organizations ------------------------------------------------------------------------------
 
 
+# The console's own paths under /console/: an organization with one of these slugs could not be reached there.
+RESERVED_ORGANIZATION_SLUGS = frozenset(
+    {"signup", "login", "logout", "onboarding", "password-reset", "verify-email", "invitations", "account"}
+)
+
+
 @transaction.atomic
 def organization_create(*, name: str, owner: User, slug: str = "", timezone: str = "UTC") -> Organization:
-    """A new organization with ``owner`` as its owner; a taken slug gets a number (``acme-2``)."""
+    """A new organization with ``owner`` as its owner; a taken or reserved slug gets a number (``acme-2``)."""
     base = slugify(slug or name)[:70] or "org"
     organization, n = None, 1
     while organization is None:
         candidate = base if n == 1 else f"{base}-{n}"
         n += 1
-        if Organization.objects.filter(slug=candidate).exists():
+        if candidate in RESERVED_ORGANIZATION_SLUGS or Organization.objects.filter(slug=candidate).exists():
             continue
         try:
             with transaction.atomic():  # another request may take the slug between the check and the insert
@@ -901,3 +907,84 @@ def organization_routing_policy_update(
             after={field: change["new"] for field, change in diff.items()},
         )
     return locked
+
+
+# --- people: sign-up, email verification, password reset ----------------------------------------
+
+
+@transaction.atomic
+def user_signup(*, email: str, name: str, password: str) -> User:
+    """A new account, not yet verified. Callers validate the password; a taken email is refused (400)."""
+    email = email.strip().lower()
+    if User.objects.filter(email__iexact=email).exists():
+        raise invalid_request("An account with this email address already exists.", param="email")
+    try:
+        with transaction.atomic():
+            user = User.objects.create_user(email=email, password=password, name=name.strip())
+    except IntegrityError:  # taken by a concurrent sign-up since the check
+        raise invalid_request("An account with this email address already exists.", param="email") from None
+    audit_event_record(
+        action="user.signed_up",
+        organization=None,
+        actor=user,
+        target_type="user",
+        target_id=user.pk,
+        metadata={"email_domain": _masked_email(email)},
+    )
+    return user
+
+
+def user_verification_email_send(*, user: User, link: str) -> None:
+    """Email ``user`` the link that verifies their address, once the current transaction commits."""
+    days = max(1, settings.MUXER_EMAIL_VERIFICATION_SECONDS // 86400)
+    body = (
+        f"Hello{' ' + user.name if user.name else ''},\n\n"
+        f"Confirm that this is your email address for ModelMuxer:\n{link}\n\n"
+        f"The link works once and expires in {days} day{'s' if days != 1 else ''}. "
+        "If you did not create a ModelMuxer account, ignore this email.\n"
+    )
+    user_id, to = user.pk, user.email
+
+    def send() -> None:
+        try:
+            send_mail("Verify your email address for ModelMuxer", body, None, [to])
+        except Exception as exc:  # noqa: BLE001 — the person can ask for another one from the console
+            logger.warning("user %s: the verification email could not be sent (%s)", user_id, type(exc).__name__)
+
+    transaction.on_commit(send)
+
+
+@transaction.atomic
+def user_email_verify(*, user: User) -> User:
+    """Mark the user's address as verified (the caller checked the emailed token); verifying twice changes nothing."""
+    locked = User.objects.select_for_update().get(pk=user.pk)
+    if locked.email_verified_at is not None:
+        return locked
+    locked.email_verified_at = timezone.now()
+    locked.save(update_fields=["email_verified_at"])
+    audit_event_record(
+        action="user.email_verified",
+        organization=None,
+        actor=locked,
+        target_type="user",
+        target_id=locked.pk,
+        after={"email_verified_at": _jsonable(locked.email_verified_at)},
+    )
+    return locked
+
+
+def user_password_reset_record(*, user: User) -> None:
+    """After a password was reset through the emailed link: audit it and lift the account's sign-in lockout.
+
+    Opening the link proves the mailbox, so the address counts as verified too.
+    """
+    bruteforce.success_record(username=user.email)
+    if user.email_verified_at is None:
+        user_email_verify(user=user)
+    audit_event_record(
+        action="user.password_reset",
+        organization=None,
+        actor=user,
+        target_type="user",
+        target_id=user.pk,
+    )

@@ -228,6 +228,16 @@ SPECTACULAR_SETTINGS = {
 
 # --- Console ------------------------------------------------------------------
 # (sign-up, email verification, password reset, onboarding, the playground)
+# The deployment's public root URL (https://muxer.example.com). The onboarding snippets call <it>/v1 (a value
+# already ending in /v1 is used as is), and emailed links start with it. Empty: each request's own host.
+MUXER_PUBLIC_BASE_URL = env.str("MUXER_PUBLIC_BASE_URL", default="").rstrip("/")
+# Whether anyone may create an account at /console/signup/; off, people come in through operators only.
+MUXER_SIGNUP_ENABLED = env.bool("MUXER_SIGNUP_ENABLED", default=True)
+# How long an emailed link works: email verification, and password reset (Django's setting).
+MUXER_EMAIL_VERIFICATION_SECONDS = env.int("MUXER_EMAIL_VERIFICATION_SECONDS", default=3 * 24 * 3600)
+PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT", default=3600)
+# The shortest wait between two verification or password-reset emails to one address.
+MUXER_ACCOUNT_EMAIL_INTERVAL_SECONDS = env.int("MUXER_ACCOUNT_EMAIL_INTERVAL_SECONDS", default=60)
 
 # --- HTTP hardening (every environment) ---------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True
