@@ -506,6 +506,10 @@ class InvitationListView(TeamScopedView):
         data = serializer.validated_data
         if data["role"] not in assignable_roles(self.role):
             raise PermissionDenied(f"Your role ({self.role}) cannot invite someone as {data['role']}.")
+        inviter = acting_user(request)
+        if inviter is not None and inviter.email_verified_at is None:
+            # The platform would be emailing strangers on behalf of an address nobody has proved.
+            raise PermissionDenied("Verify your email address before inviting anyone.")
         issued = services.invitation_create(
             organization=self.organization,
             email=data["email"],

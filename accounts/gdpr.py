@@ -158,6 +158,7 @@ def user_export(user: User) -> dict[str, Any]:
             "email": user.email,
             "name": user.name,
             "date_joined": user.date_joined.isoformat(),
+            "email_verified_at": user.email_verified_at.isoformat() if user.email_verified_at else None,
             "last_login": user.last_login.isoformat() if user.last_login else None,
             "is_staff": user.is_staff,
         },

@@ -568,6 +568,10 @@ def invitation_accept(*, token: str, user: User) -> Membership:
             )
     except IntegrityError:  # joined by a concurrent request since the check
         raise invalid_request("You are already a member of this organization.", param="token") from None
+    if user.email_verified_at is None:
+        # The token reached this address's mailbox: that proves it as well as our own link would.
+        user.email_verified_at = timezone.now()
+        user.save(update_fields=["email_verified_at"])
     before = _invitation_state(invitation)
     invitation.accepted_at = timezone.now()
     invitation.accepted_by = user

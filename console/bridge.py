@@ -71,6 +71,7 @@ def api_call(
     inner.GET = QueryDict(query_string)
     inner.COOKIES = request.COOKIES
     inner._stream = io.BytesIO(body)  # type: ignore[attr-defined]
+    inner._read_started = False  # type: ignore[attr-defined]  # DRF asks before reading the body
     inner.user = request.user
     inner.session = request.session
     inner._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Any
 
 import factory
+from django.utils import timezone
 
 from accounts import services
 from accounts.models import Membership, Organization, Role, Team, User
@@ -16,6 +17,8 @@ class UserFactory(factory.django.DjangoModelFactory[User]):
     email = factory.Sequence(lambda n: f"user{n}@example.com")
     name = factory.Faker("name")
     password = factory.django.Password("correct horse battery staple")
+    # Users admitted by a test have proved their address; sign-up tests make unverified ones themselves.
+    email_verified_at = factory.LazyFunction(timezone.now)
 
 
 class OrganizationFactory(factory.django.DjangoModelFactory[Organization]):

@@ -1,7 +1,197 @@
-"""Console pages: settings."""
+"""Console pages: organization settings, the PII policy and the organization's own provider keys (BYOK).
+
+A stored provider key is never rendered back: the page shows whether one is
+set and its last four characters, as the API does.
+"""
 
 from __future__ import annotations
 
-from django.urls import URLPattern
+from dataclasses import dataclass
+from typing import Any
 
-urlpatterns: list[URLPattern] = []
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import URLPattern, path
+
+from accounts.api import OrganizationDetailView
+from accounts.permissions import Perm
+from providers.api import ProviderCredentialDetailView, ProviderCredentialListView
+from providers.models import Provider
+from routing.pii import PIIEntity, PIIPolicy
+
+from ..access import OrgAccess, org_page
+from ..bridge import APIResult, api_call
+from ..forms_manage import (
+    OrganizationSettingsForm,
+    PIIPolicyForm,
+    ProviderCredentialForm,
+    byok_providers,
+    time_zone_names,
+)
+
+TEMPLATE = "console/settings/settings.html"
+
+
+@dataclass(frozen=True)
+class CredentialRow:
+    provider: Provider
+    masked: str
+    form: ProviderCredentialForm | None
+
+
+def not_found_or(result: APIResult) -> APIResult:
+    if result.status == 404:
+        raise Http404(result.message or "Not found.")
+    return result
+
+
+def pii_rows(organization_policy: Any) -> list[tuple[str, str]]:
+    """(entity, action) for readers, each entity with the action it actually gets."""
+    try:
+        policy = PIIPolicy.from_dict(organization_policy or {})
+    except ValueError:
+        policy = PIIPolicy()
+    return [("default", policy.default.value)] + [
+        (entity.value.replace("_", " "), policy.action_for(entity).value) for entity in PIIEntity
+    ]
+
+
+def credential_rows(
+    request: HttpRequest, access: OrgAccess, *, bound: ProviderCredentialForm | None
+) -> list[CredentialRow]:
+    listed = api_call(request, ProviderCredentialListView, org=access.organization.slug)
+    masked = {row["provider"]: row["key"] for row in listed.data["data"]} if listed.ok else {}
+    rows = []
+    for provider in byok_providers():
+        form = (
+            bound
+            if bound is not None and bound.provider.pk == provider.pk
+            else ProviderCredentialForm(provider=provider)
+        )
+        rows.append(CredentialRow(provider=provider, masked=masked.get(provider.slug, ""), form=form))
+    return rows
+
+
+def render_page(
+    request: HttpRequest,
+    access: OrgAccess,
+    *,
+    org_form: OrganizationSettingsForm | None = None,
+    pii_form: PIIPolicyForm | None = None,
+    credential_form: ProviderCredentialForm | None = None,
+    error: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    organization = access.organization
+    if access.can(Perm.ORG_UPDATE):
+        org_form = org_form or OrganizationSettingsForm(
+            initial={"name": organization.name, "timezone": organization.timezone}
+        )
+        pii_form = pii_form or PIIPolicyForm(organization=organization)
+    credentials = credential_rows(request, access, bound=credential_form) if access.can(Perm.CREDENTIALS_MANAGE) else []
+    context = access.context(
+        org_form=org_form,
+        pii_form=pii_form,
+        pii_rows=pii_rows(organization.pii_policy),
+        time_zones=time_zone_names() if org_form is not None else (),
+        credentials=credentials,
+        error=error,
+    )
+    return render(request, TEMPLATE, context, status=status)
+
+
+def patch_organization(request: HttpRequest, access: OrgAccess, body: dict[str, Any]) -> APIResult:
+    return not_found_or(
+        api_call(request, OrganizationDetailView, method="PATCH", data=body, org=access.organization.slug)
+    )
+
+
+@org_page(Perm.ORG_VIEW, post=Perm.ORG_UPDATE)
+def settings_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
+    """Everyone reads the settings; owners and admins change the name and time zone here."""
+    if request.method != "POST":
+        return render_page(request, access)
+    form = OrganizationSettingsForm(request.POST)
+    if not form.is_valid():
+        return render_page(request, access, org_form=form, status=400)
+    result = patch_organization(request, access, form.api_body())
+    if not result.ok:
+        form.add_api_error(result)
+        return render_page(request, access, org_form=form, status=result.status)
+    messages.success(request, "Organization settings saved.")
+    return redirect("console-settings", access.organization.slug)
+
+
+@org_page(Perm.ORG_VIEW, post=Perm.ORG_UPDATE)
+def pii_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
+    if request.method != "POST":
+        return redirect("console-settings", access.organization.slug)
+    form = PIIPolicyForm(request.POST, organization=access.organization)
+    if not form.is_valid():
+        return render_page(request, access, pii_form=form, status=400)
+    result = patch_organization(request, access, form.api_body())
+    if not result.ok:
+        form.add_api_error(result)
+        return render_page(request, access, pii_form=form, status=result.status)
+    messages.success(request, "PII policy saved.")
+    return redirect("console-settings", access.organization.slug)
+
+
+def byok_provider(slug: str) -> Provider:
+    for provider in byok_providers():
+        if provider.slug == slug:
+            return provider
+    raise Http404("No such provider.")
+
+
+@org_page(Perm.ORG_VIEW, post=Perm.CREDENTIALS_MANAGE)
+def credential_page(request: HttpRequest, access: OrgAccess, provider: str) -> HttpResponse:
+    """Set or replace the organization's own key for a provider."""
+    target = byok_provider(provider)
+    if request.method != "POST":
+        return redirect("console-settings", access.organization.slug)
+    form = ProviderCredentialForm(request.POST, provider=target)
+    if not form.is_valid():
+        return render_page(request, access, credential_form=form, status=400)
+    result = not_found_or(
+        api_call(
+            request,
+            ProviderCredentialDetailView,
+            method="PUT",
+            data=form.api_body(),
+            org=access.organization.slug,
+            provider=target.slug,
+        )
+    )
+    if not result.ok:
+        form.add_api_error(result)
+        return render_page(request, access, credential_form=form, status=result.status)
+    messages.success(request, f"{target.name} key saved ({result.data['key']}).")
+    return redirect("console-settings", access.organization.slug)
+
+
+@org_page(Perm.ORG_VIEW, post=Perm.CREDENTIALS_MANAGE)
+def credential_delete_page(request: HttpRequest, access: OrgAccess, provider: str) -> HttpResponse:
+    target = byok_provider(provider)
+    if request.method != "POST":
+        return redirect("console-settings", access.organization.slug)
+    result = api_call(
+        request, ProviderCredentialDetailView, method="DELETE", org=access.organization.slug, provider=target.slug
+    )
+    if not result.ok:
+        return render_page(request, access, error=result.message, status=result.status)
+    messages.success(request, f"{target.name} key deleted; the gateway's own key serves it again.")
+    return redirect("console-settings", access.organization.slug)
+
+
+urlpatterns: list[URLPattern] = [
+    path("<slug:org>/settings/", settings_page, name="console-settings"),
+    path("<slug:org>/settings/pii/", pii_page, name="console-settings-pii"),
+    path("<slug:org>/settings/credentials/<slug:provider>/", credential_page, name="console-credential"),
+    path(
+        "<slug:org>/settings/credentials/<slug:provider>/delete/",
+        credential_delete_page,
+        name="console-credential-delete",
+    ),
+]

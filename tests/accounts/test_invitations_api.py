@@ -414,6 +414,32 @@ def test_the_invitee_accepts_and_joins_with_the_role_and_team(
     assert client.get(reverse("org-detail", args=[organization.slug])).json()["role"] == "admin"
 
 
+def test_an_owner_who_has_not_verified_their_email_cannot_invite(
+    client: APIClient, organization: Organization, owner: User, django_capture_on_commit_callbacks: Capture
+) -> None:
+    owner.email_verified_at = None
+    owner.save(update_fields=["email_verified_at"])
+
+    response = invite(as_user(client, owner), organization, django_capture_on_commit_callbacks)
+
+    assert_openai_error(response, 403, code="permission_denied")
+    assert "Verify your email" in response.json()["error"]["message"]
+    assert not Invitation.objects.exists()
+    assert not mail.outbox
+
+
+def test_accepting_an_invitation_verifies_the_invitees_address(
+    invited: Response, client: APIClient, invitee: User
+) -> None:
+    invitee.email_verified_at = None
+    invitee.save(update_fields=["email_verified_at"])
+
+    assert accept(as_user(client, invitee), invited.json()["token"]).status_code == 201
+
+    invitee.refresh_from_db()
+    assert invitee.email_verified_at is not None
+
+
 def test_the_email_matches_whatever_its_case(invited: Response, client: APIClient, organization: Organization) -> None:
     shouting = UserFactory.create(email=INVITEE.upper())
 

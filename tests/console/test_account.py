@@ -46,7 +46,7 @@ def verify_path(user: User, token: str | None = None) -> str:
 
 
 def unverified_user(**extra: Any) -> User:
-    user = UserFactory.create(email=unique_email(), password=PASSWORD, **extra)
+    user = UserFactory.create(email=unique_email(), password=PASSWORD, email_verified_at=None, **extra)
     assert user.email_verified_at is None
     return user
 

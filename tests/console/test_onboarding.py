@@ -138,6 +138,8 @@ def test_no_organization_takes_a_console_path_as_its_slug(client: Client, name: 
 def test_an_unverified_owner_is_asked_to_verify_before_inviting(
     owner: User, owner_client: Client, organization: Organization
 ) -> None:
+    owner.email_verified_at = None
+    owner.save(update_fields=["email_verified_at"])
     url = step("console-onboarding-invite", organization)
 
     page = owner_client.get(url).content.decode()

@@ -68,7 +68,8 @@ class Command(BaseCommand):
         """The demo user signs in to the console with this password (MUXER_DEMO_PASSWORD, else a new one)."""
         user = User.objects.get(email=DEMO_EMAIL)
         user.set_password(password)
-        user.save(update_fields=["password"])
+        user.email_verified_at = user.email_verified_at or timezone.now()
+        user.save(update_fields=["password", "email_verified_at"])
 
     @transaction.atomic
     def _setup(self, wanted: str | None, *, rpm: int | None, tpm: int | None) -> str:
