@@ -9,13 +9,12 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
-from accounts import selectors as account_selectors
-from accounts.models import User
-from accounts.permissions import Perm, role_can
+from accounts.permissions import Perm
+from console.access import org_access
 
 from . import exports, selectors
 from .selectors import AuditQuery
@@ -60,15 +59,12 @@ class AuditFilterForm(forms.Form):
 @login_required
 def audit_events_page(request: HttpRequest, org: str) -> HttpResponse:
     """The organization's recent audit events; a non-member gets 404, a member without the right 403."""
-    user = request.user
-    membership = account_selectors.membership_for(user=user, organization_slug=org) if isinstance(user, User) else None
-    if membership is None:
-        raise Http404("No such organization.")
-    if not role_can(membership.role, Perm.AUDIT_VIEW):
+    access = org_access(request, org)  # a non-member: 404
+    if not access.can(Perm.AUDIT_VIEW):
         raise PermissionDenied("Only owners and admins review the audit log.")
-    organization = membership.organization
+    organization = access.organization
     form = AuditFilterForm(request.GET)
-    context: dict[str, Any] = {"organization": organization, "form": form, "events": [], "formats": exports.FORMATS}
+    context: dict[str, Any] = access.context(form=form, events=[], formats=exports.FORMATS)
     if not form.is_valid():
         return render(request, "audit/events.html", context, status=400)
     events = list(

@@ -158,7 +158,7 @@ def budget_alert_record(
         budget=budget, period_start=period_start, threshold=threshold, defaults={"spent_usd": spent_usd}
     )
     if created:
-        Notification.objects.create(
+        notification = Notification.objects.create(
             organization=budget.organization,
             kind=ALERT_KIND,
             title=alert_title(budget, threshold),
@@ -179,6 +179,7 @@ def budget_alert_record(
             target_id=budget.pk,
             metadata={"threshold": threshold, "spent_usd": str(spent_usd), "period_start": period_start.isoformat()},
         )
+        transaction.on_commit(partial(alert_announce, notification, threshold))
     return alert, created
 
 
@@ -318,3 +319,18 @@ def budget_alert_send(*, budget: Budget, period_start: datetime, threshold: int,
     return AlertDelivery(
         alert_id=alert.pk, created=created, email=email, webhook=webhook, retry=webhook_retry or email == "failed"
     )
+
+
+def alert_announce(notification: Notification, threshold: int) -> None:
+    """Show a new alert on the organization's open console pages (never raises)."""
+    try:
+        from console.live import alert_recorded
+
+        alert_recorded(
+            organization_id=notification.organization_id,
+            title=notification.title,
+            threshold=threshold,
+            notification_id=notification.pk,
+        )
+    except Exception:  # the alert is recorded; a live update is only a courtesy
+        logger.warning("live budget alert update failed", exc_info=True)

@@ -108,6 +108,7 @@ def usage_write_batch(events: list[UsageEvent]) -> int:
             APIKey.objects.filter(pk=key_id).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=used_at)).update(
                 last_used_at=used_at
             )
+        transaction.on_commit(lambda: usage_announce(rows))
     return len(rows)
 
 
@@ -179,3 +180,13 @@ def usage_pending() -> int:
 
 
 __all__ = ["UsageEvent", "usage_drain", "usage_emit", "usage_pending", "usage_write_batch"]
+
+
+def usage_announce(rows: list[UsageRecord]) -> None:
+    """Tell the organizations' open console pages about new usage (never raises, never waits on them)."""
+    try:
+        from console.live import usage_recorded
+
+        usage_recorded((row.organization_id, row.status, str(row.cost_usd)) for row in rows)
+    except Exception:  # live updates must never break usage writing
+        logger.warning("live usage update failed", exc_info=True)

@@ -6,11 +6,10 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from accounts import selectors
-from accounts.models import User
+from console.access import org_access
 
 from .recommendations import recommendations_for
 
@@ -22,21 +21,17 @@ class RecommendationWindowForm(forms.Form):
 @login_required
 def recommendations_page(request: HttpRequest, org: str) -> HttpResponse:
     """The organization's savings recommendations; a non-member gets 404, as in the API."""
-    user = request.user
-    membership = selectors.membership_for(user=user, organization_slug=org) if isinstance(user, User) else None
-    if membership is None:
-        raise Http404("No such organization.")
+    access = org_access(request, org)  # a non-member: 404
     form = RecommendationWindowForm(request.GET)
     if not form.is_valid():
-        return render(request, "console/recommendations.html", {"organization": membership.organization,
-                      "form": form, "days": None, "recommendations": []}, status=400)  # fmt: skip
+        return render(request, "console/recommendations.html",
+                      access.context(form=form, days=None, recommendations=[]), status=400)  # fmt: skip
     days = form.cleaned_data["days"] or 30
-    found = recommendations_for(organization=membership.organization, days=days)
-    context = {
-        "organization": membership.organization,
-        "form": form,
-        "days": days,
-        "recommendations": found,
-        "total": sum((r.monthly_saving_usd for r in found), start=Decimal(0)),
-    }
+    found = recommendations_for(organization=access.organization, days=days)
+    context = access.context(
+        form=form,
+        days=days,
+        recommendations=found,
+        total=sum((r.monthly_saving_usd for r in found), start=Decimal(0)),
+    )
     return render(request, "console/recommendations.html", context)

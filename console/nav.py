@@ -34,7 +34,7 @@ ORG_NAV = (
 
 def org_nav(access: OrgAccess, current_path: str) -> list[dict[str, object]]:
     """The menu items this member may open, with their URLs; pages not built yet are left out."""
-    items = []
+    items: list[dict[str, object]] = []
     for item in ORG_NAV:
         if not access.can(item.perm):
             continue
@@ -42,5 +42,9 @@ def org_nav(access: OrgAccess, current_path: str) -> list[dict[str, object]]:
             url = reverse(item.url_name, args=[access.organization.slug])
         except NoReverseMatch:
             continue
-        items.append({"label": item.label, "url": url, "current": current_path.startswith(url)})
+        items.append({"label": item.label, "url": url, "current": False})
+    # The dashboard's URL starts every page's: the current item is the longest URL the path starts with.
+    matches = [item for item in items if current_path.startswith(str(item["url"]))]
+    if matches:
+        max(matches, key=lambda item: len(str(item["url"])))["current"] = True
     return items

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-websocket_urlpatterns: list[URLPattern] = []
+from .consumers import OrgEventsConsumer, PlaygroundConsumer
+
+websocket_urlpatterns: list[URLPattern] = [
+    path("ws/console/<slug:org>/playground/", PlaygroundConsumer.as_asgi(), name="ws-console-playground"),
+    path("ws/console/<slug:org>/events/", OrgEventsConsumer.as_asgi(), name="ws-console-events"),
+]
