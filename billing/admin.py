@@ -1,25 +1,53 @@
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Count, DecimalField, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
 from accounts.admin import acting_user
 from accounts.models import Membership
 from providers.models import Model
 
 from . import services
-from .models import Budget, BudgetAlert, Notification, UsageRecord
+from .models import Budget, BudgetAlert, Notification, UsageRecord, UsageStatus
+
+
+def usage_totals(queryset: QuerySet[UsageRecord]) -> dict[str, Any]:
+    """Requests, tokens and cost of ``queryset``, in one aggregate query."""
+    totals = queryset.order_by().aggregate(
+        requests=Count("id"),
+        errors=Count("id", filter=Q(status=UsageStatus.ERROR)),
+        input_tokens=Coalesce(Sum("input_tokens"), 0),
+        output_tokens=Coalesce(Sum("output_tokens"), 0),
+        cost_usd=Coalesce(Sum("cost_usd"), Decimal(0), output_field=DecimalField(max_digits=20, decimal_places=10)),
+    )
+    totals["cost_usd"] = Decimal(totals["cost_usd"]).quantize(Decimal("0.000001"))
+    return totals
 
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
-    list_display = ["created_at", "organization", "model", "provider", "status", "input_tokens", "output_tokens",
-                    "cost_usd", "latency_ms", "stream"]  # fmt: skip
-    list_filter = ["status", "provider", "stream", "usage_estimated"]
+    """Read-only; the page shows the totals of whatever its filters, search and date select."""
+
+    list_display = ["created_at", "request_id", "organization", "model", "provider", "status", "http_status",
+                    "input_tokens", "output_tokens", "cost_usd", "latency_ms", "stream"]  # fmt: skip
+    list_select_related = ["organization"]
+    list_filter = [
+        ("organization", admin.RelatedOnlyFieldListFilter), "model", "provider", "status", "stream", "usage_estimated",
+    ]  # fmt: skip
     search_fields = ["request_id", "model", "organization__slug"]
     date_hierarchy = "created_at"
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None) if isinstance(response, TemplateResponse) else None
+        if context is not None and "cl" in context:
+            context["usage_totals"] = usage_totals(context["cl"].queryset)
+        return response
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
