@@ -154,6 +154,8 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
+# One queue name per deployment (or per test run sharing a Redis), so workers take only their own tasks.
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 
 # --- Email (budget alerts) ---------------------------------------------------
 # EMAIL_URL configures SMTP (smtp+tls://user:password@host:587); without it,

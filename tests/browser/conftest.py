@@ -84,6 +84,7 @@ def live_server_process(
     mail_dir = workdir / "mail"
     mail_dir.mkdir()
     stream = f"muxer:usage:browser:{uuid.uuid4().hex}"
+    queue = f"muxer-browser-{uuid.uuid4().hex}"
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),
@@ -96,6 +97,7 @@ def live_server_process(
         "MUXER_CATALOG_CACHE_SECONDS": "0.2",
         "MUXER_BUDGET_CACHE_SECONDS": "0.2",
         "MUXER_USAGE_STREAM": stream,
+        "CELERY_TASK_DEFAULT_QUEUE": queue,
     }
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     port = free_port()
@@ -111,12 +113,17 @@ def live_server_process(
     try:
         wait_for(f"{url}/healthz", processes[0], log)
         if settings.REDIS_URL:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "manage.py", "usage_writer", "--linger-ms", "50"],
-                    cwd=ROOT, env=env, stdout=(workdir / "usage_writer.log").open("wb"), stderr=subprocess.STDOUT,
+            # As deployed: the usage writer and a Celery worker (alerts, mail) beside the web process.
+            for name, command in (
+                ("usage_writer", [sys.executable, "manage.py", "usage_writer", "--linger-ms", "50"]),
+                ("celery", [sys.executable, "-m", "celery", "-A", "muxer_project", "worker", "-Q", queue,
+                            "-n", f"{queue}@%h", "--pool", "solo", "--without-gossip", "--without-mingle",
+                            "--without-heartbeat"]),
+            ):  # fmt: skip
+                log_file = (workdir / f"{name}.log").open("wb")
+                processes.append(
+                    subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
                 )
-            )  # fmt: skip
         yield LiveServer(url=url, mail_dir=mail_dir, log=log, usage_stream=stream)
     finally:
         for process in processes:
@@ -124,7 +131,7 @@ def live_server_process(
         if settings.REDIS_URL:
             from muxer_project.redis import sync_redis
 
-            sync_redis().delete(stream)
+            sync_redis().delete(stream, queue, f"_kombu.binding.{queue}")
 
 
 @pytest.fixture
