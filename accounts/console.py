@@ -12,6 +12,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 
 from muxer_project.errors import APIError
 
@@ -100,3 +101,8 @@ def invitation_accept_page(request: HttpRequest) -> HttpResponse:
             return render(request, "console/invitation.html", context, status=exc.status)
         return redirect("console-home")
     return render(request, "console/invitation.html", context)
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico whatever the page says; send them to the icon's static URL."""
+    return redirect(static("console/favicon.svg"))

@@ -2,8 +2,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views import defaults
-from django.templatetags.static import static
-from django.views.generic import RedirectView, TemplateView
+from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from accounts import api as accounts_api
@@ -24,7 +23,7 @@ admin.site.login_form = console.LockoutAdminAuthenticationForm
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
-    path("favicon.ico", RedirectView.as_view(url=static("console/favicon.svg"), permanent=True)),
+    path("favicon.ico", console.favicon),
     path("healthz", routing_views.healthz, name="healthz"),
     path("readyz", routing_views.readyz, name="readyz"),
     path("v1/models", routing_views.ModelListView.as_view(), name="v1-models"),
