@@ -42,9 +42,8 @@ def org_nav(access: OrgAccess, current_path: str) -> list[dict[str, object]]:
             url = reverse(item.url_name, args=[access.organization.slug])
         except NoReverseMatch:
             continue
-        items.append({"label": item.label, "url": url, "current": False})
-    # The dashboard's URL starts every page's: the current item is the longest URL the path starts with.
-    matches = [item for item in items if current_path.startswith(str(item["url"]))]
-    if matches:
-        max(matches, key=lambda item: len(str(item["url"])))["current"] = True
+        # The dashboard's URL starts every organization page's, so only it is matched exactly.
+        exact = item.url_name == "console-dashboard"
+        current = current_path == url if exact else current_path.startswith(url)
+        items.append({"label": item.label, "url": url, "current": current})
     return items
