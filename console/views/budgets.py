@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from functools import partial
 
-from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import URLPattern, path
@@ -25,8 +24,9 @@ from billing.budgets import BudgetUsage, budget_usage
 from billing.models import Budget
 
 from ..access import OrgAccess, org_page
-from ..bridge import APIResult, api_call
+from ..bridge import APIResult
 from ..forms_manage import AlertSettingsForm, BudgetCreateForm, BudgetEditForm
+from ..submit import done, no_store, submit
 
 LIST_TEMPLATE = "console/budgets/list.html"
 DETAIL_TEMPLATE = "console/budgets/detail.html"
@@ -76,12 +76,6 @@ def get_budget(access: OrgAccess, budget_id: int) -> Budget:
     return budget
 
 
-def not_found_or(result: APIResult) -> APIResult:
-    if result.status == 404:
-        raise Http404(result.message or "Not found.")
-    return result
-
-
 def alert_form_for(access: OrgAccess) -> AlertSettingsForm:
     organization = access.organization
     return AlertSettingsForm(initial={"alert_email": organization.alert_email, "webhook_url": organization.webhook_url})
@@ -124,16 +118,16 @@ def budgets_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
     if request.method != "POST":
         return list_page(request, access)
     form = BudgetCreateForm(request.POST, organization=access.organization)
-    if not form.is_valid():
-        return list_page(request, access, form=form, status=400)
-    result = not_found_or(
-        api_call(request, BudgetListView, method="POST", data=form.api_body(), org=access.organization.slug)
+    slug = access.organization.slug
+    return submit(
+        request,
+        BudgetListView,
+        method="POST",
+        form=form,
+        page=partial(list_page, request, access, form=form),
+        success=lambda result: done(request, f"Budget {result.data['id']} created.", "console-budgets", slug),
+        org=slug,
     )
-    if not result.ok:
-        form.add_api_error(result)
-        return list_page(request, access, form=form, status=result.status)
-    messages.success(request, f"Budget {result.data['id']} created.")
-    return redirect("console-budgets", access.organization.slug)
 
 
 def detail_page(
@@ -157,23 +151,17 @@ def budget_detail_page(request: HttpRequest, access: OrgAccess, budget_id: int) 
     if request.method != "POST":
         return detail_page(request, access, budget)
     form = BudgetEditForm(request.POST, budget=budget)
-    if not form.is_valid():
-        return detail_page(request, access, budget, form=form, status=400)
-    result = not_found_or(
-        api_call(
-            request,
-            BudgetDetailView,
-            method="PATCH",
-            data=form.api_body(),
-            org=access.organization.slug,
-            budget_id=budget.pk,
-        )
+    slug = access.organization.slug
+    return submit(
+        request,
+        BudgetDetailView,
+        method="PATCH",
+        form=form,
+        page=partial(detail_page, request, access, budget, form=form),
+        success=lambda _: done(request, f"Budget {budget.pk} saved.", "console-budgets", slug),
+        org=slug,
+        budget_id=budget.pk,
     )
-    if not result.ok:
-        form.add_api_error(result)
-        return detail_page(request, access, budget, form=form, status=result.status)
-    messages.success(request, f"Budget {budget.pk} saved.")
-    return redirect("console-budgets", access.organization.slug)
 
 
 @org_page(Perm.BUDGETS_VIEW, post=Perm.BUDGETS_MANAGE)
@@ -181,13 +169,16 @@ def budget_delete_page(request: HttpRequest, access: OrgAccess, budget_id: int) 
     budget = get_budget(access, budget_id)
     if request.method != "POST":
         return redirect("console-budget-detail", access.organization.slug, budget.pk)
-    result = not_found_or(
-        api_call(request, BudgetDetailView, method="DELETE", org=access.organization.slug, budget_id=budget.pk)
+    slug = access.organization.slug
+    return submit(
+        request,
+        BudgetDetailView,
+        method="DELETE",
+        page=partial(list_page, request, access),
+        success=lambda _: done(request, f"Budget {budget_id} deleted.", "console-budgets", slug),
+        org=slug,
+        budget_id=budget.pk,
     )
-    if not result.ok:
-        return list_page(request, access, error=result.message, status=result.status)
-    messages.success(request, f"Budget {budget_id} deleted.")
-    return redirect("console-budgets", access.organization.slug)
 
 
 @org_page(Perm.BUDGETS_VIEW, post=Perm.ORG_UPDATE)
@@ -196,16 +187,16 @@ def alert_settings_page(request: HttpRequest, access: OrgAccess) -> HttpResponse
     if request.method != "POST":
         return redirect("console-budgets", access.organization.slug)
     form = AlertSettingsForm(request.POST)
-    if not form.is_valid():
-        return list_page(request, access, alert_form=form, status=400)
-    result = not_found_or(
-        api_call(request, OrganizationDetailView, method="PATCH", data=form.api_body(), org=access.organization.slug)
+    slug = access.organization.slug
+    return submit(
+        request,
+        OrganizationDetailView,
+        method="PATCH",
+        form=form,
+        page=partial(list_page, request, access, alert_form=form),
+        success=lambda _: done(request, "Alert settings saved.", "console-budgets", slug),
+        org=slug,
     )
-    if not result.ok:
-        form.add_api_error(result)
-        return list_page(request, access, alert_form=form, status=result.status)
-    messages.success(request, "Alert settings saved.")
-    return redirect("console-budgets", access.organization.slug)
 
 
 @org_page(Perm.BUDGETS_VIEW, post=Perm.ORG_UPDATE)
@@ -213,30 +204,36 @@ def webhook_secret_page(request: HttpRequest, access: OrgAccess) -> HttpResponse
     """A new webhook signing secret, shown in this response only."""
     if request.method != "POST":
         return redirect("console-budgets", access.organization.slug)
-    result = not_found_or(api_call(request, WebhookSecretView, method="POST", org=access.organization.slug))
-    if not result.ok:
-        return list_page(request, access, error=result.message, status=result.status)
-    access.organization.refresh_from_db()
-    response = list_page(request, access, webhook_secret=str(result.data["webhook_secret"]), status=201)
-    response["Cache-Control"] = "no-store"
-    return response
+
+    def show_secret(result: APIResult) -> HttpResponse:
+        access.organization.refresh_from_db()
+        return no_store(list_page(request, access, webhook_secret=str(result.data["webhook_secret"]), status=201))
+
+    return submit(
+        request,
+        WebhookSecretView,
+        method="POST",
+        page=partial(list_page, request, access),
+        success=show_secret,
+        org=access.organization.slug,
+    )
 
 
 @org_page(Perm.BUDGETS_VIEW, post=Perm.ORG_VIEW)
 def notification_read_page(request: HttpRequest, access: OrgAccess, notification_id: int) -> HttpResponse:
-    if request.method == "POST":
-        result: Any = not_found_or(
-            api_call(
-                request,
-                NotificationReadView,
-                method="POST",
-                org=access.organization.slug,
-                notification_id=notification_id,
-            )
-        )
-        if not result.ok:
-            return list_page(request, access, error=result.message, status=result.status)
-    return redirect("console-budgets", access.organization.slug)
+    if services.notification_get(organization=access.organization, notification_id=notification_id) is None:
+        raise Http404("No such notification.")
+    if request.method != "POST":
+        return redirect("console-budgets", access.organization.slug)
+    return submit(
+        request,
+        NotificationReadView,
+        method="POST",
+        page=partial(list_page, request, access),
+        success=lambda _: redirect("console-budgets", access.organization.slug),
+        org=access.organization.slug,
+        notification_id=notification_id,
+    )
 
 
 urlpatterns: list[URLPattern] = [

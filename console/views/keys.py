@@ -9,9 +9,9 @@ the POST that made it (never stored, redirected with or put in a message).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import URLPattern, path
@@ -25,6 +25,7 @@ from accounts.permissions import Perm
 from ..access import OrgAccess, org_page
 from ..bridge import APIResult, api_call
 from ..forms_manage import KeyCreateForm, KeyEditForm, KeyRotateForm
+from ..submit import done, no_store, not_found_or, submit
 
 LIST_TEMPLATE = "console/keys/list.html"
 DETAIL_TEMPLATE = "console/keys/detail.html"
@@ -60,18 +61,6 @@ def key_row(access: OrgAccess, key: APIKey) -> KeyRow:
     return KeyRow(key=key, status=status, may_change=may_change(access, key))
 
 
-def no_store(response: HttpResponse) -> HttpResponse:
-    """A page with a secret on it is kept by no cache."""
-    response["Cache-Control"] = "no-store"
-    return response
-
-
-def not_found_or(result: APIResult) -> APIResult:
-    if result.status == 404:
-        raise Http404(result.message or "Not found.")
-    return result
-
-
 def list_page(
     request: HttpRequest,
     access: OrgAccess,
@@ -94,16 +83,20 @@ def keys_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
     if request.method != "POST":
         return list_page(request, access)
     form = KeyCreateForm(request.POST, organization=access.organization, role=access.role)
-    if not form.is_valid():
-        return list_page(request, access, form=form, status=400)
-    result = not_found_or(
-        api_call(request, APIKeyListView, method="POST", data=form.api_body(), org=access.organization.slug)
+
+    def show_secret(result: APIResult) -> HttpResponse:
+        fresh = KeyCreateForm(organization=access.organization, role=access.role)
+        return no_store(list_page(request, access, form=fresh, issued=result.data, status=201))
+
+    return submit(
+        request,
+        APIKeyListView,
+        method="POST",
+        form=form,
+        page=partial(list_page, request, access, form=form),
+        success=show_secret,
+        org=access.organization.slug,
     )
-    if not result.ok:
-        form.add_api_error(result)
-        return list_page(request, access, form=form, status=result.status)
-    fresh = KeyCreateForm(organization=access.organization, role=access.role)
-    return no_store(list_page(request, access, form=fresh, issued=result.data, status=201))
 
 
 def get_key(access: OrgAccess, key_id: int) -> APIKey:
@@ -149,18 +142,19 @@ def key_detail_page(request: HttpRequest, access: OrgAccess, key_id: int) -> Htt
     if request.method != "POST":
         return detail_page(request, access, key)
     form = KeyEditForm(request.POST, organization=access.organization, api_key=key)
-    if not form.is_valid():
-        return detail_page(request, access, key, edit_form=form, status=400)
-    body = form.api_body()
-    if body:
-        result = not_found_or(
-            api_call(request, APIKeyDetailView, method="PATCH", data=body, org=access.organization.slug, key_id=key.pk)
-        )
-        if not result.ok:
-            form.add_api_error(result)
-            return detail_page(request, access, key, edit_form=form, status=result.status)
-    messages.success(request, f"Key “{form.cleaned_data['name']}” saved." if body else "Nothing to change.")
-    return redirect("console-key-detail", access.organization.slug, key.pk)
+    back = ("console-key-detail", access.organization.slug, key.pk)
+    if form.is_valid() and not form.api_body():
+        return done(request, "Nothing to change.", *back)
+    return submit(
+        request,
+        APIKeyDetailView,
+        method="PATCH",
+        form=form,
+        page=partial(detail_page, request, access, key, edit_form=form),
+        success=lambda _: done(request, f"Key “{form.cleaned_data['name']}” saved.", *back),
+        org=access.organization.slug,
+        key_id=key.pk,
+    )
 
 
 @org_page(Perm.KEYS_VIEW, post=Perm.KEYS_CREATE)
@@ -198,13 +192,17 @@ def key_revoke_page(request: HttpRequest, access: OrgAccess, key_id: int) -> Htt
     key = get_key(access, key_id)
     if request.method != "POST":
         return redirect("console-key-detail", access.organization.slug, key.pk)
-    result = not_found_or(
-        api_call(request, APIKeyRevokeView, method="POST", org=access.organization.slug, key_id=key.pk)
+    return submit(
+        request,
+        APIKeyRevokeView,
+        method="POST",
+        page=partial(list_page, request, access),
+        success=lambda _: done(
+            request, f"Key “{key.name}” ({key.prefix}…) revoked.", "console-keys", access.organization.slug
+        ),
+        org=access.organization.slug,
+        key_id=key.pk,
     )
-    if not result.ok:
-        return list_page(request, access, error=result.message, status=result.status)
-    messages.success(request, f"Key “{key.name}” ({key.prefix}…) revoked.")
-    return redirect("console-keys", access.organization.slug)
 
 
 urlpatterns: list[URLPattern] = [

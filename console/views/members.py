@@ -9,8 +9,8 @@ anyone may leave; the page offers only what the viewer's role may do
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
-from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import URLPattern, path
@@ -21,8 +21,9 @@ from accounts.models import Invitation, Membership, Team
 from accounts.permissions import Perm, assignable_roles
 
 from ..access import OrgAccess, org_page
-from ..bridge import APIResult, api_call
+from ..bridge import APIResult
 from ..forms_manage import InviteForm, MemberRemoveForm, MemberUpdateForm, TeamForm
+from ..submit import done, submit
 
 TEMPLATE = "console/members/list.html"
 
@@ -45,12 +46,6 @@ class InvitationRow:
 class TeamRow:
     team: Team
     form: TeamForm | None
-
-
-def not_found_or(result: APIResult) -> APIResult:
-    if result.status == 404:
-        raise Http404(result.message or "Not found.")
-    return result
 
 
 def render_page(
@@ -122,16 +117,16 @@ def members_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
     if request.method != "POST":
         return render_page(request, access)
     form = InviteForm(request.POST, organization=access.organization, role=access.role)
-    if not form.is_valid():
-        return render_page(request, access, invite_form=form, status=400)
-    result = not_found_or(
-        api_call(request, InvitationListView, method="POST", data=form.api_body(), org=access.organization.slug)
+    slug = access.organization.slug
+    return submit(
+        request,
+        InvitationListView,
+        method="POST",
+        form=form,
+        page=partial(render_page, request, access, invite_form=form),
+        success=lambda _: done(request, f"Invitation sent to {form.cleaned_data['email']}.", "console-members", slug),
+        org=slug,
     )
-    if not result.ok:
-        form.add_api_error(result)
-        return render_page(request, access, invite_form=form, status=result.status)
-    messages.success(request, f"Invitation sent to {form.cleaned_data['email']}.")
-    return redirect("console-members", access.organization.slug)
 
 
 def get_membership(access: OrgAccess, membership_id: int) -> Membership:
@@ -148,25 +143,19 @@ def member_update_page(request: HttpRequest, access: OrgAccess, membership_id: i
     if request.method != "POST":
         return redirect("console-members", access.organization.slug)
     form = MemberUpdateForm(request.POST, organization=access.organization, role=access.role, membership=membership)
-    if not form.is_valid():
-        return render_page(request, access, member_form=form, member_id=membership.pk, status=400)
-    body = form.api_body()
-    if body:
-        result = not_found_or(
-            api_call(
-                request,
-                MemberDetailView,
-                method="PATCH",
-                data=body,
-                org=access.organization.slug,
-                membership_id=membership.pk,
-            )
-        )
-        if not result.ok:
-            form.add_api_error(result)
-            return render_page(request, access, member_form=form, member_id=membership.pk, status=result.status)
-    messages.success(request, f"{membership.user.email} saved." if body else "Nothing to change.")
-    return redirect("console-members", access.organization.slug)
+    slug = access.organization.slug
+    if form.is_valid() and not form.api_body():
+        return done(request, "Nothing to change.", "console-members", slug)
+    return submit(
+        request,
+        MemberDetailView,
+        method="PATCH",
+        form=form,
+        page=partial(render_page, request, access, member_form=form, member_id=membership.pk),
+        success=lambda _: done(request, f"{membership.user.email} saved.", "console-members", slug),
+        org=slug,
+        membership_id=membership.pk,
+    )
 
 
 @org_page(Perm.MEMBERS_VIEW)
@@ -177,38 +166,40 @@ def member_remove_page(request: HttpRequest, access: OrgAccess, membership_id: i
         return redirect("console-members", access.organization.slug)
     form = MemberRemoveForm(request.POST)
     revoke_keys = form.is_valid() and form.cleaned_data["revoke_keys"]
-    result = not_found_or(
-        api_call(
-            request,
-            MemberDetailView,
-            method="DELETE",
-            query={"revoke_keys": "true" if revoke_keys else "false"},
-            org=access.organization.slug,
-            membership_id=membership.pk,
-        )
+
+    def removed(_: APIResult) -> HttpResponse:
+        if membership.pk == access.membership.pk:
+            return done(request, f"You left {access.organization.name}.", "console-home")
+        return done(request, f"{membership.user.email} removed.", "console-members", access.organization.slug)
+
+    return submit(
+        request,
+        MemberDetailView,
+        method="DELETE",
+        query={"revoke_keys": "true" if revoke_keys else "false"},
+        page=partial(render_page, request, access),
+        success=removed,
+        org=access.organization.slug,
+        membership_id=membership.pk,
     )
-    if not result.ok:
-        return render_page(request, access, error=result.message, status=result.status)
-    if membership.pk == access.membership.pk:
-        messages.success(request, f"You left {access.organization.name}.")
-        return redirect("console-home")
-    messages.success(request, f"{membership.user.email} removed.")
-    return redirect("console-members", access.organization.slug)
 
 
 @org_page(Perm.MEMBERS_VIEW, post=Perm.MEMBERS_MANAGE)
 def invitation_revoke_page(request: HttpRequest, access: OrgAccess, invitation_id: int) -> HttpResponse:
+    if selectors.invitation_get(organization=access.organization, invitation_id=invitation_id) is None:
+        raise Http404("No such invitation.")
     if request.method != "POST":
         return redirect("console-members", access.organization.slug)
-    result = not_found_or(
-        api_call(
-            request, InvitationDetailView, method="DELETE", org=access.organization.slug, invitation_id=invitation_id
-        )
+    slug = access.organization.slug
+    return submit(
+        request,
+        InvitationDetailView,
+        method="DELETE",
+        page=partial(render_page, request, access),
+        success=lambda _: done(request, "Invitation revoked.", "console-members", slug),
+        org=slug,
+        invitation_id=invitation_id,
     )
-    if not result.ok:
-        return render_page(request, access, error=result.message, status=result.status)
-    messages.success(request, "Invitation revoked.")
-    return redirect("console-members", access.organization.slug)
 
 
 @org_page(Perm.MEMBERS_VIEW, post=Perm.TEAMS_MANAGE)
@@ -216,16 +207,16 @@ def team_create_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
     if request.method != "POST":
         return redirect("console-members", access.organization.slug)
     form = TeamForm(request.POST)
-    if not form.is_valid():
-        return render_page(request, access, team_form=form, status=400)
-    result = not_found_or(
-        api_call(request, TeamListView, method="POST", data=form.api_body(), org=access.organization.slug)
+    slug = access.organization.slug
+    return submit(
+        request,
+        TeamListView,
+        method="POST",
+        form=form,
+        page=partial(render_page, request, access, team_form=form),
+        success=lambda _: done(request, f"Team “{form.cleaned_data['name']}” created.", "console-members", slug),
+        org=slug,
     )
-    if not result.ok:
-        form.add_api_error(result)
-        return render_page(request, access, team_form=form, status=result.status)
-    messages.success(request, f"Team “{form.cleaned_data['name']}” created.")
-    return redirect("console-members", access.organization.slug)
 
 
 def get_team(access: OrgAccess, team_id: int) -> Team:
@@ -241,18 +232,17 @@ def team_update_page(request: HttpRequest, access: OrgAccess, team_id: int) -> H
     if request.method != "POST":
         return redirect("console-members", access.organization.slug)
     form = TeamForm(request.POST, prefix=f"t{team.pk}")
-    if not form.is_valid():
-        return render_page(request, access, team_form=form, team_id=team.pk, status=400)
-    result = not_found_or(
-        api_call(
-            request, TeamDetailView, method="PATCH", data=form.api_body(), org=access.organization.slug, team_id=team.pk
-        )
+    slug = access.organization.slug
+    return submit(
+        request,
+        TeamDetailView,
+        method="PATCH",
+        form=form,
+        page=partial(render_page, request, access, team_form=form, team_id=team.pk),
+        success=lambda _: done(request, f"Team renamed to “{form.cleaned_data['name']}”.", "console-members", slug),
+        org=slug,
+        team_id=team.pk,
     )
-    if not result.ok:
-        form.add_api_error(result)
-        return render_page(request, access, team_form=form, team_id=team.pk, status=result.status)
-    messages.success(request, f"Team renamed to “{form.cleaned_data['name']}”.")
-    return redirect("console-members", access.organization.slug)
 
 
 @org_page(Perm.MEMBERS_VIEW, post=Perm.TEAMS_MANAGE)
@@ -260,13 +250,16 @@ def team_delete_page(request: HttpRequest, access: OrgAccess, team_id: int) -> H
     team = get_team(access, team_id)
     if request.method != "POST":
         return redirect("console-members", access.organization.slug)
-    result = not_found_or(
-        api_call(request, TeamDetailView, method="DELETE", org=access.organization.slug, team_id=team.pk)
+    slug = access.organization.slug
+    return submit(
+        request,
+        TeamDetailView,
+        method="DELETE",
+        page=partial(render_page, request, access),
+        success=lambda _: done(request, f"Team “{team.name}” deleted.", "console-members", slug),
+        org=slug,
+        team_id=team.pk,
     )
-    if not result.ok:
-        return render_page(request, access, error=result.message, status=result.status)
-    messages.success(request, f"Team “{team.name}” deleted.")
-    return redirect("console-members", access.organization.slug)
 
 
 urlpatterns: list[URLPattern] = [

@@ -7,9 +7,8 @@ organization settings, so they go to the organization PATCH.
 
 from __future__ import annotations
 
-from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
 from django.urls import URLPattern, path
 
 from accounts.api import OrganizationDetailView, RoutingPolicyView
@@ -18,6 +17,7 @@ from accounts.permissions import Perm
 from ..access import OrgAccess, org_page
 from ..bridge import api_call
 from ..forms_manage import RoutingPolicyForm
+from ..submit import done, not_found_or
 
 TEMPLATE = "console/routing/policy.html"
 
@@ -40,14 +40,11 @@ def routing_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
         return render_page(request, access, form=form, status=400)
     slug = access.organization.slug
     for view, body in ((RoutingPolicyView, form.policy_body()), (OrganizationDetailView, form.limits_body())):
-        result = api_call(request, view, method="PATCH", data=body, org=slug)
-        if result.status == 404:
-            raise Http404(result.message)
+        result = not_found_or(api_call(request, view, method="PATCH", data=body, org=slug))
         if not result.ok:
             form.add_api_error(result)
             return render_page(request, access, form=form, status=result.status)
-    messages.success(request, "Routing policy saved.")
-    return redirect("console-routing", slug)
+    return done(request, "Routing policy saved.", "console-routing", slug)
 
 
 urlpatterns: list[URLPattern] = [

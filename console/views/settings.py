@@ -7,9 +7,9 @@ set and its last four characters, as the API does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import URLPattern, path
@@ -21,7 +21,7 @@ from providers.models import Provider
 from routing.pii import PIIEntity, PIIPolicy
 
 from ..access import OrgAccess, org_page
-from ..bridge import APIResult, api_call
+from ..bridge import api_call
 from ..forms_manage import (
     OrganizationSettingsForm,
     PIIPolicyForm,
@@ -29,6 +29,7 @@ from ..forms_manage import (
     byok_providers,
     time_zone_names,
 )
+from ..submit import done, submit
 
 TEMPLATE = "console/settings/settings.html"
 
@@ -38,12 +39,6 @@ class CredentialRow:
     provider: Provider
     masked: str
     form: ProviderCredentialForm | None
-
-
-def not_found_or(result: APIResult) -> APIResult:
-    if result.status == 404:
-        raise Http404(result.message or "Not found.")
-    return result
 
 
 def pii_rows(organization_policy: Any) -> list[tuple[str, str]]:
@@ -101,26 +96,22 @@ def render_page(
     return render(request, TEMPLATE, context, status=status)
 
 
-def patch_organization(request: HttpRequest, access: OrgAccess, body: dict[str, Any]) -> APIResult:
-    return not_found_or(
-        api_call(request, OrganizationDetailView, method="PATCH", data=body, org=access.organization.slug)
-    )
-
-
 @org_page(Perm.ORG_VIEW, post=Perm.ORG_UPDATE)
 def settings_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
     """Everyone reads the settings; owners and admins change the name and time zone here."""
     if request.method != "POST":
         return render_page(request, access)
     form = OrganizationSettingsForm(request.POST)
-    if not form.is_valid():
-        return render_page(request, access, org_form=form, status=400)
-    result = patch_organization(request, access, form.api_body())
-    if not result.ok:
-        form.add_api_error(result)
-        return render_page(request, access, org_form=form, status=result.status)
-    messages.success(request, "Organization settings saved.")
-    return redirect("console-settings", access.organization.slug)
+    slug = access.organization.slug
+    return submit(
+        request,
+        OrganizationDetailView,
+        method="PATCH",
+        form=form,
+        page=partial(render_page, request, access, org_form=form),
+        success=lambda _: done(request, "Organization settings saved.", "console-settings", slug),
+        org=slug,
+    )
 
 
 @org_page(Perm.ORG_VIEW, post=Perm.ORG_UPDATE)
@@ -128,14 +119,16 @@ def pii_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
     if request.method != "POST":
         return redirect("console-settings", access.organization.slug)
     form = PIIPolicyForm(request.POST, organization=access.organization)
-    if not form.is_valid():
-        return render_page(request, access, pii_form=form, status=400)
-    result = patch_organization(request, access, form.api_body())
-    if not result.ok:
-        form.add_api_error(result)
-        return render_page(request, access, pii_form=form, status=result.status)
-    messages.success(request, "PII policy saved.")
-    return redirect("console-settings", access.organization.slug)
+    slug = access.organization.slug
+    return submit(
+        request,
+        OrganizationDetailView,
+        method="PATCH",
+        form=form,
+        page=partial(render_page, request, access, pii_form=form),
+        success=lambda _: done(request, "PII policy saved.", "console-settings", slug),
+        org=slug,
+    )
 
 
 def byok_provider(slug: str) -> Provider:
@@ -152,23 +145,19 @@ def credential_page(request: HttpRequest, access: OrgAccess, provider: str) -> H
     if request.method != "POST":
         return redirect("console-settings", access.organization.slug)
     form = ProviderCredentialForm(request.POST, provider=target)
-    if not form.is_valid():
-        return render_page(request, access, credential_form=form, status=400)
-    result = not_found_or(
-        api_call(
-            request,
-            ProviderCredentialDetailView,
-            method="PUT",
-            data=form.api_body(),
-            org=access.organization.slug,
-            provider=target.slug,
-        )
+    slug = access.organization.slug
+    return submit(
+        request,
+        ProviderCredentialDetailView,
+        method="PUT",
+        form=form,
+        page=partial(render_page, request, access, credential_form=form),
+        success=lambda result: done(
+            request, f"{target.name} key saved ({result.data['key']}).", "console-settings", slug
+        ),
+        org=slug,
+        provider=target.slug,
     )
-    if not result.ok:
-        form.add_api_error(result)
-        return render_page(request, access, credential_form=form, status=result.status)
-    messages.success(request, f"{target.name} key saved ({result.data['key']}).")
-    return redirect("console-settings", access.organization.slug)
 
 
 @org_page(Perm.ORG_VIEW, post=Perm.CREDENTIALS_MANAGE)
@@ -176,13 +165,19 @@ def credential_delete_page(request: HttpRequest, access: OrgAccess, provider: st
     target = byok_provider(provider)
     if request.method != "POST":
         return redirect("console-settings", access.organization.slug)
-    result = api_call(
-        request, ProviderCredentialDetailView, method="DELETE", org=access.organization.slug, provider=target.slug
+    slug = access.organization.slug
+    message = f"{target.name} key deleted; the gateway's own key serves it again."
+    # The provider exists (byok_provider); the API's 404 means it has no key to delete, which the page says.
+    return submit(
+        request,
+        ProviderCredentialDetailView,
+        method="DELETE",
+        raise_404=False,
+        page=partial(render_page, request, access),
+        success=lambda _: done(request, message, "console-settings", slug),
+        org=slug,
+        provider=target.slug,
     )
-    if not result.ok:
-        return render_page(request, access, error=result.message, status=result.status)
-    messages.success(request, f"{target.name} key deleted; the gateway's own key serves it again.")
-    return redirect("console-settings", access.organization.slug)
 
 
 urlpatterns: list[URLPattern] = [

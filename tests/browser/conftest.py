@@ -71,7 +71,7 @@ class LiveServer:
 
 def _text_of(message: Message) -> str:
     if message.is_multipart():
-        return "\n".join(_text_of(part) for part in message.get_payload())  # type: ignore[union-attr]
+        return "\n".join(_text_of(part) for part in message.get_payload() if isinstance(part, Message))
     payload = message.get_payload(decode=True)
     return payload.decode() if isinstance(payload, bytes) else str(message.get_payload())
 
@@ -140,8 +140,10 @@ def live(live_server_process: LiveServer, transactional_db: None, catalog: None)
     return live_server_process
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
+    """One browser per module: Playwright's sync API keeps an event loop on this thread while it runs, which
+    tests of other modules (asyncio.run, async_to_sync) must not find there."""
     executable = shutil.which("chromium")
     if executable is None:
         pytest.fail("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")

@@ -166,16 +166,34 @@ def test_org_list_shows_only_own(alpha: World, bravo: World) -> None:
     assert [row["slug"] for row in response.json()["data"]] == [bravo.slug]
 
 
+def console_path(route: str, slug: str, ids: dict[str, str]) -> str:
+    """The route with the organization's slug and the world's ids (key_id, budget_id, ...) filled in."""
+    path = "/" + route
+
+    def fill(match: re.Match[str]) -> str:
+        return slug if match.group(1) == "org" else str(ids[match.group(1)])
+
+    return re.sub(r"<(?:[^>:]+:)?(\w+)>", fill, path)
+
+
 @pytest.mark.parametrize(("name", "route"), console_pages())
 def test_console_pages_of_our_org_are_404_to_them(name: str, route: str, alpha: World, bravo: World) -> None:
-    assert re.fullmatch(r"console/<slug:org>/[\w/-]*", route), f"{name}: a console page with ids needs a case here"
+    """Bravo's owner, on alpha's pages and on their own pages with alpha's ids: 404 to GET and POST, nothing changed."""
     client = Client()
     client.force_login(bravo.users["owner"])
-    theirs = client.get("/" + route.replace("<slug:org>", alpha.slug))
-    assert theirs.status_code == 404
-    assert not leaked(theirs.content.decode(), alpha)
-    own = client.get("/" + route.replace("<slug:org>", bravo.slug))
-    assert own.status_code == 200, f"{name}: the control (bravo's own page) should open"
+    foreign = [console_path(route, alpha.slug, alpha.ids)]
+    int_ids = re.findall(r"<int:(\w+)>", route)
+    if int_ids:
+        foreign.append(console_path(route, bravo.slug, {**bravo.ids, **{k: alpha.ids[k] for k in int_ids}}))
+    events = AuditEvent.objects.filter(organization=alpha.organization).count()
+    for path in foreign:
+        for answer in (client.get(path), client.post(path, {})):
+            assert answer.status_code == 404, f"{name}: {path} answered {answer.status_code}"
+            assert not leaked(answer.content.decode(), alpha)
+    assert AuditEvent.objects.filter(organization=alpha.organization).count() == events
+    own = client.get(console_path(route, bravo.slug, bravo.ids))
+    # The control: bravo's own page opens (a POST-only action sends a GET back to its page).
+    assert own.status_code in (200, 302), f"{name}: the control (bravo's own page) answered {own.status_code}"
     assert not leaked(own.content.decode(), alpha)
 
 
