@@ -99,6 +99,24 @@ def failure_record(*, username: str | None, ip: str | None) -> None:
             logger.warning("login locked for %ss: %s %s after %s failures", window, what, key_id[:12], failures)
 
 
+def signup_admitted(*, ip: str | None) -> bool:
+    """Count one sign-up from ``ip``; False once the address has made ``MUXER_SIGNUPS_PER_IP_PER_HOUR``."""
+    limit: int = settings.MUXER_SIGNUPS_PER_IP_PER_HOUR
+    if not limit or ip is None:
+        return True
+    key = f"{_PREFIX}:signup:{_digest('ip:' + ip)}"
+    cache.add(key, 0, timeout=3600)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=3600)
+        count = 1
+    if count > limit:
+        logger.warning("sign-up refused: %s accounts from address %s this hour", count, _digest("ip:" + ip)[:12])
+        return False
+    return True
+
+
 def success_record(*, username: str) -> None:
     """A successful login clears the account's failures (the address's stay)."""
     key_id = _digest("u:" + normalise_username(username))

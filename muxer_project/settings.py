@@ -240,6 +240,8 @@ MUXER_EMAIL_VERIFICATION_SECONDS = env.int("MUXER_EMAIL_VERIFICATION_SECONDS", d
 PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT", default=3600)
 # The shortest wait between two verification or password-reset emails to one address.
 MUXER_ACCOUNT_EMAIL_INTERVAL_SECONDS = env.int("MUXER_ACCOUNT_EMAIL_INTERVAL_SECONDS", default=60)
+# Accounts one address may create in an hour (0: no limit); a script cannot mint accounts by the thousand.
+MUXER_SIGNUPS_PER_IP_PER_HOUR = env.int("MUXER_SIGNUPS_PER_IP_PER_HOUR", default=10)
 
 # --- HTTP hardening (every environment) ---------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True

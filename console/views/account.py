@@ -19,7 +19,7 @@ from django.urls import URLPattern, path, reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from accounts import services
+from accounts import bruteforce, services
 from accounts.models import User
 from muxer_project.errors import APIError
 
@@ -36,6 +36,9 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("console-home")
     form = SignupForm(request.POST if request.method == "POST" else None)
+    if form.is_valid() and not bruteforce.signup_admitted(ip=bruteforce.client_ip(request)):
+        form.add_error(None, "Too many accounts were created from your network in the last hour; try again later.")
+        return render(request, "console/account/signup.html", {"form": form}, status=429)
     if form.is_valid():
         data = form.cleaned_data
         try:

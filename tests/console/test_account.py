@@ -143,6 +143,24 @@ def test_signup_can_be_closed(client: Client, settings: SettingsWrapper) -> None
     assert b'id="signup-link"' not in client.get(reverse("console-login")).content
 
 
+def test_an_address_may_create_only_so_many_accounts_an_hour(settings: SettingsWrapper) -> None:
+    settings.MUXER_SIGNUPS_PER_IP_PER_HOUR = 2
+    answers = [sign_up(Client(REMOTE_ADDR="203.0.113.7")).status_code for _ in range(3)]
+    elsewhere = sign_up(Client(REMOTE_ADDR="198.51.100.9"))
+
+    assert answers == [302, 302, 429]
+    assert User.objects.filter(email__startswith="person-").count() == 3
+    assert elsewhere.status_code == 302
+
+
+def test_an_invalid_form_does_not_count_against_the_address(settings: SettingsWrapper) -> None:
+    settings.MUXER_SIGNUPS_PER_IP_PER_HOUR = 1
+    client = Client(REMOTE_ADDR="203.0.113.8")
+
+    assert sign_up(client, password="short").status_code == 400
+    assert sign_up(client).status_code == 302
+
+
 def test_a_signed_in_user_is_sent_home_from_signup(owner_client: Client) -> None:
     response = owner_client.get(reverse("console-signup"))
 
