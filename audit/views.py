@@ -7,14 +7,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
 from accounts.permissions import Perm
-from console.access import org_access
+from console.access import OrgAccess, org_page
 
 from . import exports, selectors
 from .selectors import AuditQuery
@@ -56,12 +54,9 @@ class AuditFilterForm(forms.Form):
         return {name: str(self.cleaned_data[name]) for name in self.FILTERS if self.cleaned_data.get(name)}
 
 
-@login_required
-def audit_events_page(request: HttpRequest, org: str) -> HttpResponse:
+@org_page(Perm.AUDIT_VIEW)
+def audit_events_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
     """The organization's recent audit events; a non-member gets 404, a member without the right 403."""
-    access = org_access(request, org)  # a non-member: 404
-    if not access.can(Perm.AUDIT_VIEW):
-        raise PermissionDenied("Only owners and admins review the audit log.")
     organization = access.organization
     form = AuditFilterForm(request.GET)
     context: dict[str, Any] = access.context(form=form, events=[], formats=exports.FORMATS)

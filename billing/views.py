@@ -5,11 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django import forms
-from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from console.access import org_access
+from accounts.permissions import Perm
+from console.access import OrgAccess, org_page
 
 from .recommendations import recommendations_for
 
@@ -18,10 +18,9 @@ class RecommendationWindowForm(forms.Form):
     days = forms.IntegerField(min_value=1, max_value=365, required=False)
 
 
-@login_required
-def recommendations_page(request: HttpRequest, org: str) -> HttpResponse:
+@org_page(Perm.BUDGETS_VIEW)
+def recommendations_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
     """The organization's savings recommendations; a non-member gets 404, as in the API."""
-    access = org_access(request, org)  # a non-member: 404
     form = RecommendationWindowForm(request.GET)
     if not form.is_valid():
         return render(request, "console/recommendations.html",

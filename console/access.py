@@ -89,6 +89,8 @@ def org_page(
                 access.require(post or perm)
             return view(request, access, *args, **kwargs)
 
+        # What the page needs, for the role proof (tests/governance/test_console_roles.py).
+        wrapper.console_perms = (perm, post or perm)  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
