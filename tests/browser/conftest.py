@@ -30,10 +30,6 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from accounts.models import User
 from tests.conftest import BREAKER_OFF, ROOT, FakeUpstream, database_url, free_port, provider_env, stop, wait_for
 
-# Playwright's sync API runs an event loop in the test's thread; the ORM calls the tests make there are plain
-# synchronous ones, which Django would otherwise refuse inside a running loop.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 SCREENSHOTS = Path(os.environ.get("MUXER_SCREENSHOT_DIR") or ROOT / "screenshots")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -143,14 +139,27 @@ def live(live_server_process: LiveServer, transactional_db: None, catalog: None)
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
     """One browser per module: Playwright's sync API keeps an event loop on this thread while it runs, which
-    tests of other modules (asyncio.run, async_to_sync) must not find there."""
+    tests of other modules (asyncio.run, async_to_sync) must not find there.
+
+    While it runs, the tests' own ORM calls are plain synchronous ones in a thread with a running loop, which
+    Django refuses unless told otherwise; the switch is set for these modules only and taken back after, so
+    no other test, nor any process a test starts, inherits it.
+    """
     executable = shutil.which("chromium")
     if executable is None:
         pytest.fail("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from console.gateway import GatewayReply, chat
 from tests.conftest import FakeUpstream
 from tests.factories import OrganizationFactory, issue_key
 
+from .conftest import drain_usage
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HELLO = {"model": "fake-small", "messages": [{"role": "user", "content": "Hello console"}]}
@@ -21,6 +23,7 @@ HELLO = {"model": "fake-small", "messages": [{"role": "user", "content": "Hello 
 
 def wait_for_usage(count: int) -> None:
     for _ in range(100):
+        drain_usage()
         if UsageRecord.objects.count() >= count:
             return
         asyncio.run(asyncio.sleep(0.05))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.test import Client
 from django.urls import reverse
 
@@ -21,11 +22,9 @@ from console.gateway import chat
 from tests.conftest import FakeUpstream
 from tests.factories import OrganizationFactory, issue_key
 
-from .test_playground import as_user, drain, usage_stream  # noqa: F401 - usage_stream: a fixture
+from .test_playground import as_user, drain
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-from channels.testing import WebsocketCommunicator  # noqa: E402
 
 
 def events_socket(user: Any, organization: Organization) -> WebsocketCommunicator:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -13,20 +11,17 @@ from asgiref.sync import sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
 from accounts.models import KeyScope, Organization, Role, User
 from accounts.services import api_key_revoke
 from billing.models import UsageRecord
-from billing.usage import usage_drain
 from console.routing import websocket_urlpatterns
-from muxer_project.redis import sync_redis
 from tests.conftest import FakeUpstream
 from tests.factories import OrganizationFactory, issue_key
 
-from .conftest import signed_in, user_with_role
+from .conftest import drain_usage, signed_in, user_with_role
 
 
 def page(organization: Organization) -> str:
@@ -60,28 +55,10 @@ async def until_done(communicator: WebsocketCommunicator) -> list[dict[str, Any]
             return messages
 
 
-@pytest.fixture(autouse=True)
-def usage_stream(settings: Any) -> Iterator[str]:
-    """With Redis, usage goes to a stream of this test's own, which ``drain`` writes to the database."""
-    name = f"muxer:usage:test:console:{uuid.uuid4().hex}"
-    settings.MUXER_USAGE_STREAM = name
-    yield name
-    if settings.REDIS_URL:
-        sync_redis().delete(name)
-
-
-def _drain_all() -> None:
-    try:
-        while usage_drain(block_ms=0):
-            pass
-    finally:
-        connection.close()
-
-
 async def drain() -> None:
     """What the usage writer does with Redis; without it usage is written directly."""
     if settings.REDIS_URL:
-        await sync_to_async(_drain_all, thread_sensitive=False)()
+        await sync_to_async(drain_usage, thread_sensitive=False)()
 
 
 async def usage_rows(count: int) -> list[UsageRecord]:
