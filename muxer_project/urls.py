@@ -20,6 +20,9 @@ from routing import views as routing_views
 
 # The operators' sign-in is brute-force protected like the console's, and says so when locked.
 admin.site.login_form = console.LockoutAdminAuthenticationForm
+admin.site.site_header = "ModelMuxer operator admin"
+admin.site.site_title = "ModelMuxer operators"
+admin.site.index_title = "Tenants, catalog, providers, usage and audit review"
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),

@@ -76,3 +76,9 @@ def test_staff_who_are_also_members_act_with_their_role_only(tenant: Tenant, sta
     assert client.get(reverse("org-detail", args=[slug])).json()["role"] == Role.VIEWER
     assert client.get(reverse("org-export", args=[slug])).status_code == 403
     assert client.post(reverse("key-list", args=[slug]), {"name": "ops key"}, format="json").status_code == 403
+
+
+def test_the_admin_says_whose_it_is(admin_client: Client) -> None:
+    page = admin_client.get("/admin/").content.decode()
+    assert "ModelMuxer operator admin" in page
+    assert "Django administration" not in page
