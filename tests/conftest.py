@@ -304,12 +304,15 @@ def gateway_processes(
 ) -> Iterator[list[str]]:
     """``count`` uvicorn processes of the gateway sharing the test database and Redis, as separate instances
     would; yields their base URLs. ``env_overrides`` adds settings (e.g. shorter caches)."""
+    # Their own usage stream unless the caller names one: nothing is left on the shared one for another test.
+    stream = env_overrides.get("MUXER_USAGE_STREAM") or f"muxer:usage:test:{uuid.uuid4().hex}"
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),
         **provider_env(fake_upstream.url),
         **BREAKER_OFF,
         "SECRET_KEY": settings.SECRET_KEY,
+        "MUXER_USAGE_STREAM": stream,
         **env_overrides,
     }
     processes, urls = [], []
@@ -327,6 +330,8 @@ def gateway_processes(
     finally:
         for process in processes:
             stop(process)
+        if settings.REDIS_URL:
+            sync_redis().delete(stream)
 
 
 # --- Celery: eager in the test's process, or a real worker on the broker --------------------------

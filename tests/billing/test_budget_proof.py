@@ -51,6 +51,15 @@ def servers(
         sync_redis().delete(stream)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_stream(servers: Servers) -> Iterator[None]:
+    """Events a test leaves (because it failed before draining) name rows its flush removed: drop them."""
+    yield
+    from muxer_project.redis import sync_redis
+
+    sync_redis().delete(servers.usage_stream)
+
+
 def drain(servers: Servers) -> None:
     with override_settings(MUXER_USAGE_STREAM=servers.usage_stream):
         while usage_drain(block_ms=0):
@@ -96,8 +105,8 @@ def test_concurrent_requests_through_two_processes_never_overspend(
     refused = [r for r in replies if r.status_code != 200]
     assert answered, "the budget fits some requests"
     assert refused, "and not all of them"
-    # Requests alternate between the processes; both answered some and refused some.
-    assert {i % 2 for i, r in enumerate(replies) if r.status_code == 200} == {0, 1}
+    # Requests alternate between the processes and both enforce the one budget. Which process answers the
+    # few that fit is a race, so only the refusals are required of both.
     assert {i % 2 for i, r in enumerate(replies) if r.status_code == 429} == {0, 1}
     for reply in refused:
         error = reply.json()["error"]
