@@ -94,8 +94,13 @@ def team_get(*, organization: Organization, team_id: int) -> Team | None:
     return Team.objects.filter(organization=organization, pk=team_id).first()
 
 
-def _records(*, organization: Organization, query: UsageQuery, since: datetime) -> QuerySet[UsageRecord]:
-    records = UsageRecord.objects.filter(organization=organization, created_at__gte=since, created_at__lt=query.until)
+def usage_records(
+    *, organization: Organization, query: UsageQuery, since: datetime | None = None
+) -> QuerySet[UsageRecord]:
+    """The raw records ``query``'s filters select, from ``since`` (default: the query's own start)."""
+    records = UsageRecord.objects.filter(
+        organization=organization, created_at__gte=since or query.since, created_at__lt=query.until
+    )
     if query.model is not None:
         records = records.filter(model=query.model)
     if query.provider is not None:
@@ -197,7 +202,7 @@ def usage_summary(*, organization: Organization, query: UsageQuery, now: datetim
         records_since = max(query.since, day_bounds(cutoff)[0])
     record_rows: list[dict[str, Any]] = []
     if records_since < query.until:
-        records = _records(organization=organization, query=query, since=records_since)
+        records = usage_records(organization=organization, query=query, since=records_since)
         record_rows = _record_groups(records, query.group_by)
 
     grouped: dict[tuple[Any, ...], UsageTotals] = {}
@@ -219,7 +224,7 @@ def usage_records_pages(
     Pages continue after the last (created_at, id) seen, so a long export holds
     neither a cursor nor more than a page in memory.
     """
-    records = _records(organization=organization, query=query, since=query.since).order_by("created_at", "id")
+    records = usage_records(organization=organization, query=query).order_by("created_at", "id")
     after: tuple[datetime, int] | None = None
     while True:
         page = records

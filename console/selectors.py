@@ -21,7 +21,7 @@ from billing.budgets import period_bounds
 from billing.models import Budget, BudgetPeriod, BudgetScope, UsageRecord, UsageStatus
 from billing.pricing import COST_QUANTUM
 from billing.recommendations import Tally, price_usd
-from billing.selectors import UsageQuery
+from billing.selectors import UsageQuery, usage_records
 from providers.catalog import CatalogModel, get_catalog_sync
 from routing.schema import STRATEGY_ALIASES
 
@@ -294,17 +294,7 @@ def dashboard(*, organization: Organization, now: datetime | None = None) -> Das
 
 def usage_rows(*, organization: Organization, query: UsageQuery) -> QuerySet[UsageRecord]:
     """The raw records of ``query``, newest first (the explorer's pages)."""
-    records = _usage(organization, query.since, query.until)
-    if query.model is not None:
-        records = records.filter(model=query.model)
-    if query.provider is not None:
-        records = records.filter(provider=query.provider)
-    if query.api_key is not None:
-        records = records.filter(api_key=query.api_key)
-    if query.team is not None:
-        records = records.filter(team=query.team)
-    if query.status is not None:
-        records = records.filter(status=query.status)
+    records = usage_records(organization=organization, query=query)
     return records.select_related("api_key", "team").order_by("-created_at", "-id")
 
 

@@ -14,17 +14,13 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from accounts.models import Organization, Role, User
 from billing.usage import usage_drain
 from muxer_project.redis import sync_redis
-from tests.factories import MembershipFactory, UserFactory
+from tests.accounts.helpers import user_with_role as user_with_role
 
 
 def signed_in(user: User) -> Client:
     client = Client()
     client.force_login(user)
     return client
-
-
-def user_with_role(organization: Organization, role: str) -> User:
-    return MembershipFactory.create(organization=organization, role=role, user=UserFactory.create()).user
 
 
 @pytest.fixture
