@@ -8,7 +8,7 @@ FAKE_UPSTREAM_ADDR ?= 127.0.0.1:9100
 
 export HOST PORT FAKE_UPSTREAM_ADDR
 
-.PHONY: run test install install-dev lint bench clean chromium
+.PHONY: run test install install-dev lint bench clean chromium promtool
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,15 @@ chromium:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }
 
-test: install-dev chromium
+# The alert-rule tests run promtool, from Debian's prometheus package; install it when missing (as root,
+# without the recommended node exporter). Outside a container the package also starts its server.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  [ "$$(id -u)" = 0 ] || { echo "the alert-rule tests need promtool: sudo apt-get install --no-install-recommends prometheus" >&2; exit 1; }; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; }
+
+test: install-dev chromium promtool
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev
