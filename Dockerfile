@@ -9,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MUXER_PRODUCTION=true \
     WEB_CONCURRENCY=4 \
-    PORT=8000
+    PORT=8000 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
 
 WORKDIR /app
 COPY requirements/base.txt requirements/base.txt
@@ -28,4 +29,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/healthz', timeout=2)"
 
-CMD ["sh", "-c", "exec uvicorn muxer_project.asgi:application --host 0.0.0.0 --port $PORT --workers $WEB_CONCURRENCY --loop uvloop --http httptools --proxy-headers --forwarded-allow-ips='*' --no-access-log"]
+# The workers share PROMETHEUS_MULTIPROC_DIR so /metrics adds up all of them; it starts empty with the container.
+CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn muxer_project.asgi:application --host 0.0.0.0 --port $PORT --workers $WEB_CONCURRENCY --loop uvloop --http httptools --proxy-headers --forwarded-allow-ips='*' --no-access-log"]

@@ -48,6 +48,9 @@ class KeyIdentity:
     tpm_limits: tuple[int | None, int | None, int | None] = (None, None, None)
     scopes: frozenset[str] = frozenset({"proxy"})
     pii_policy: PIIPolicy = field(default_factory=PIIPolicy)
+    # The organization's response-cache lifetime (0: off) and whether it keeps request and response bodies.
+    response_cache_ttl: int = 0
+    request_log: bool = False
 
     def may_use(self, model_name: str) -> bool:
         if self.allowed_models and model_name not in self.allowed_models:
@@ -93,6 +96,8 @@ def _query(prefix: str) -> KeyIdentity | None:
             "team__tpm_limit",
             "scopes",
             "organization__pii_policy",
+            "organization__response_cache_ttl_seconds",
+            "organization__request_log_enabled",
         )
         .first()
     )
@@ -118,6 +123,8 @@ def _query(prefix: str) -> KeyIdentity | None:
         tpm_limits=(row.tpm_limit, row.team.tpm_limit if row.team else None, org.tpm_limit),
         scopes=frozenset(row.scopes or ()),
         pii_policy=_pii_policy(org.pii_policy),
+        response_cache_ttl=org.response_cache_ttl_seconds,
+        request_log=org.request_log_enabled,
     )
 
 

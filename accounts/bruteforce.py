@@ -30,6 +30,7 @@ from django.http import HttpRequest
 
 from accounts.models import User
 from audit import context as audit_context
+from muxer_project import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def lockout_seconds(*, username: str | None, ip: str | None) -> int:
 def failure_record(*, username: str | None, ip: str | None) -> None:
     """Count one failed attempt; lock the account or the address once it reaches its limit."""
     window: int = settings.MUXER_LOGIN_LOCKOUT_SECONDS
+    metrics.auth_failures.labels("login").inc()
     for what, key_id, limit in _subjects(username, ip):
         key = _count_key(key_id)
         # The window opens at the first failure; incr keeps the key's expiry.

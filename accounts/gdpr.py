@@ -23,7 +23,7 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, Ou
 
 from audit.models import AuditEvent
 from audit.services import audit_event_record
-from billing.models import Budget, BudgetAlert, Notification, UsageRecord, UsageRollup
+from billing.models import Budget, BudgetAlert, Notification, RequestLog, UsageRecord, UsageRollup
 from providers.models import ProviderCredential
 from routing.models import Feedback, TrainedRouter
 
@@ -84,6 +84,8 @@ SECTIONS: tuple[ExportSection, ...] = (
     ExportSection("trained_routers", TrainedRouter, _owned(TrainedRouter), omit=frozenset({"weights"})),
     ExportSection("usage_rollups", UsageRollup, _owned(UsageRollup)),
     ExportSection("usage_records", UsageRecord, _owned(UsageRecord)),
+    # Kept request and response bodies (the opt-in request log), PII already masked.
+    ExportSection("request_logs", RequestLog, _owned(RequestLog)),
     ExportSection("audit_events", AuditEvent, _owned(AuditEvent)),
 )
 

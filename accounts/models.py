@@ -101,6 +101,17 @@ class Organization(models.Model):
         help_text='PII handling per entity type, e.g. {"email": "mask", "credit_card": "block", "default": "log"}; '
         "actions are off, log, mask and block. Empty: off.",
     )
+    response_cache_ttl_seconds = models.PositiveIntegerField(
+        default=3600,
+        help_text="How long an exact-match cached answer is served (temperature 0, or X-Muxer-Cache: use); "
+        "0 turns the response cache off.",
+    )
+    request_log_enabled = models.BooleanField(
+        default=False, help_text="Keep each request's and response's bodies, PII masked, beside its usage record."
+    )
+    request_log_retention_days = models.PositiveSmallIntegerField(
+        default=30, help_text="Kept request and response bodies are deleted after this many days."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -34,13 +34,14 @@ class Perm(StrEnum):
     BUDGETS_VIEW = "budgets.view"
     BUDGETS_MANAGE = "budgets.manage"
     USAGE_VIEW = "usage.view"
+    REQUEST_LOG_VIEW = "request_log.view"
     CREDENTIALS_MANAGE = "credentials.manage"
     AUDIT_VIEW = "audit.view"
 
 
 PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.ORG_VIEW: "See the organization, its teams and its notifications",
-    Perm.ORG_UPDATE: "Change organization settings (name, time zone, alerts, PII policy)",
+    Perm.ORG_UPDATE: "Change organization settings (name, time zone, alerts, PII policy, cache, request log)",
     Perm.ORG_EXPORT: "Export all of the organization's data (GDPR)",
     Perm.MEMBERS_VIEW: "List members and invitations",
     Perm.MEMBERS_MANAGE: "Invite, remove and change the role of members",
@@ -53,6 +54,7 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.BUDGETS_VIEW: "See budgets, spend and recommendations",
     Perm.BUDGETS_MANAGE: "Create, change and delete budgets and alert settings",
     Perm.USAGE_VIEW: "See and export usage",
+    Perm.REQUEST_LOG_VIEW: "Read the kept request and response bodies (PII masked), when the log is on",
     Perm.CREDENTIALS_MANAGE: "See and set provider keys (BYOK)",
     Perm.AUDIT_VIEW: "Review and export the audit log",
 }
@@ -75,6 +77,7 @@ MATRIX: dict[Perm, frozenset[Role]] = {
     Perm.BUDGETS_VIEW: _EVERYONE,
     Perm.BUDGETS_MANAGE: frozenset({Role.OWNER, Role.ADMIN, Role.BILLING}),
     Perm.USAGE_VIEW: _EVERYONE,
+    Perm.REQUEST_LOG_VIEW: _MANAGERS,
     Perm.CREDENTIALS_MANAGE: _MANAGERS,
     Perm.AUDIT_VIEW: _MANAGERS,
 }

@@ -35,6 +35,9 @@ from .services import masked_url
 # The largest value a PositiveIntegerField holds on every database we run on.
 MAX_INT = 2_147_483_647
 MAX_GRACE_SECONDS = 7 * 24 * 3600
+# Bounds of the response cache's lifetime (0: off) and of how long kept request bodies stay.
+MAX_RESPONSE_CACHE_TTL_SECONDS = 30 * 24 * 3600
+MAX_REQUEST_LOG_RETENTION_DAYS = 3650
 POLICY_FIELDS = ["allowed_models", "allowed_providers", "routing_strategy", "routing_preference"]
 
 
@@ -107,7 +110,8 @@ class OrganizationSerializer(serializers.ModelSerializer[Organization]):
         model = Organization
         fields = [
             "id", "name", "slug", *POLICY_FIELDS, "rpm_limit", "tpm_limit", "timezone", "max_output_tokens_cap",
-            "alert_email", "webhook_url", "webhook_secret_set", "pii_policy", "created_at",
+            "alert_email", "webhook_url", "webhook_secret_set", "pii_policy", "response_cache_ttl_seconds",
+            "request_log_enabled", "request_log_retention_days", "created_at",
         ]  # fmt: skip
 
     def get_webhook_url(self, obj: Organization) -> str:
@@ -130,6 +134,21 @@ class OrganizationUpdateSerializer(StrictInput):
     pii_policy = serializers.JSONField(required=False)
     rpm_limit = per_minute_limit()
     tpm_limit = per_minute_limit()
+    response_cache_ttl_seconds = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_RESPONSE_CACHE_TTL_SECONDS,
+        required=False,
+        help_text="How long an exact-match cached answer is served, in seconds (at most 30 days); 0 turns it off.",
+    )
+    request_log_enabled = serializers.BooleanField(
+        required=False, help_text="Keep each request's and response's bodies, PII masked, with its usage record."
+    )
+    request_log_retention_days = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_REQUEST_LOG_RETENTION_DAYS,
+        required=False,
+        help_text="Kept bodies are deleted after this many days (1 to 3650); applies even once the log is off.",
+    )
 
     def validate_timezone(self, value: str) -> str:
         return valid_timezone(value)

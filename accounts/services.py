@@ -57,6 +57,9 @@ class OrganizationChanges(TypedDict, total=False):
     pii_policy: dict[str, str]
     rpm_limit: int | None
     tpm_limit: int | None
+    response_cache_ttl_seconds: int
+    request_log_enabled: bool
+    request_log_retention_days: int
 
 
 class TeamChanges(TypedDict, total=False):
@@ -190,7 +193,8 @@ def organization_update(
     """Change the organization's settings; fields left out of ``changes`` stay as they are.
 
     Callers validate first (the time zone exists, the PII policy parses). Keys
-    pick up new rate limits and PII policy within ``MUXER_KEY_CACHE_SECONDS``.
+    pick up new rate limits, PII policy, cache lifetime and request-log switch
+    within ``MUXER_KEY_CACHE_SECONDS``.
     """
     locked = Organization.objects.select_for_update().get(pk=organization.pk)
     before, after = _apply(locked, changes)

@@ -11,6 +11,7 @@ from django.db import connections, router, transaction
 from django.utils import timezone
 
 from accounts.models import Organization, User
+from muxer_project import metrics
 
 from . import context as request_context
 from .chain import PURGE_ACTION, chain_lock, chain_tail, event_hash
@@ -65,6 +66,7 @@ def audit_event_record(
     with transaction.atomic(using=using):
         chain_lock(using)
         _append(event, using=using, tail=chain_tail(using))
+        transaction.on_commit(metrics.audit_events.labels(action).inc, using=using)
     return event
 
 

@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -729,6 +730,8 @@ class Bench:
             "MUXER_FAKE_BASE_URL": f"http://{HOST}:{self.upstream_port}/v1",
             "MUXER_DEMO_API_KEY": demo_api_key(),
             "DEBUG": "false",  # whatever a local .env says, never benchmark DEBUG mode
+            # As in production: the workers share one metrics directory (muxer_project/metrics.py).
+            "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="muxer-bench-metrics-"),
         }
         return env
 

@@ -49,6 +49,7 @@ class UsageRecord(models.Model):
     pii_detections = models.JSONField(
         null=True, blank=True, help_text="PII found in the request, as counts per entity type (never the values)."
     )
+    cache_hit = models.BooleanField(default=False, help_text="Answered from the response cache: no provider call, $0.")
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:
@@ -60,6 +61,24 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.status}"
+
+
+class RequestLog(models.Model):
+    """One usage record's request and response bodies, PII masked; kept only for organizations that opt in."""
+
+    usage = models.OneToOneField(UsageRecord, on_delete=models.CASCADE, related_name="request_log")
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.CASCADE, related_name="+")
+    request_body = models.JSONField(help_text="The request as the client sent it, PII masked.")
+    response_body = models.JSONField(
+        null=True, blank=True, help_text="The answer as the client got it (a stream assembled), PII masked."
+    )
+    created_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["organization", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"bodies of {self.usage_id}"
 
 
 class BudgetScope(models.TextChoices):

@@ -147,8 +147,13 @@ def recommendations_for(
     if days < 1:
         raise ValueError("days must be at least 1.")
     end = now or timezone.now()
+    # Answers from the response cache cost nothing: there is nothing left to save on them.
     rows = UsageRecord.objects.filter(
-        organization=organization, status=UsageStatus.OK, created_at__gte=end - timedelta(days=days), created_at__lt=end
+        organization=organization,
+        status=UsageStatus.OK,
+        cache_hit=False,
+        created_at__gte=end - timedelta(days=days),
+        created_at__lt=end,
     )
     simple_below = float(settings.MUXER_ROUTER_HEURISTIC_THRESHOLDS[0])
     catalog = get_catalog_sync()

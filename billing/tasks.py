@@ -55,3 +55,15 @@ def budget_counters_reconcile_task() -> int:
     from .budgets import budget_counters_reconcile
 
     return budget_counters_reconcile()
+
+
+# --- request log retention (billing/request_log.py) --------------------------------------------
+
+
+@shared_task(name="billing.request_log_purge", acks_late=True)
+def request_log_purge_task() -> dict[str, int]:
+    """Delete kept request and response bodies past each organization's retention."""
+    from .request_log import request_log_purge
+
+    result = request_log_purge()
+    return {"deleted": result.deleted, "organizations": result.organizations}

@@ -26,9 +26,11 @@ from django.db import close_old_connections, transaction
 from django.db.models import Q
 
 from accounts.models import APIKey
+from muxer_project import metrics
 from muxer_project.redis import async_redis, sync_redis
 
 from .models import UsageRecord
+from .request_log import request_logs_store
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,9 @@ class UsageEvent(TypedDict):
     complexity: NotRequired[float | None]
     request_fingerprint: NotRequired[str]
     pii_detections: NotRequired[dict[str, int] | None]
+    cache_hit: NotRequired[bool]
+    # The request's and response's bodies, PII masked, for an organization that keeps them.
+    request_log: NotRequired[dict[str, Any] | None]
 
 
 def usage_write_batch(events: list[UsageEvent]) -> int:
@@ -95,6 +100,7 @@ def usage_write_batch(events: list[UsageEvent]) -> int:
             complexity=e.get("complexity"),
             request_fingerprint=e.get("request_fingerprint", ""),
             pii_detections=e.get("pii_detections"),
+            cache_hit=e.get("cache_hit", False),
             created_at=datetime.fromtimestamp(e["created_at"], tz=UTC),
         )
         for e in events
@@ -104,6 +110,9 @@ def usage_write_batch(events: list[UsageEvent]) -> int:
         last_used[row.api_key_id] = max(last_used[row.api_key_id], row.created_at)
     with transaction.atomic():
         UsageRecord.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+        # Kept bodies go in with their rows or not at all; the usage ids come back from a lookup,
+        # since an insert that ignores conflicts returns none.
+        request_logs_store(events)
         for key_id, used_at in last_used.items():
             APIKey.objects.filter(pk=key_id).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=used_at)).update(
                 last_used_at=used_at
@@ -121,15 +130,29 @@ def _write_now(event: UsageEvent) -> None:
 
 async def usage_emit(event: UsageEvent) -> None:
     """Hand one usage event to the ledger. Falls back to a direct write if Redis is unreachable."""
+    _count(event)
     if settings.REDIS_URL:
         try:
             await async_redis().xadd(settings.MUXER_USAGE_STREAM, {"e": orjson.dumps(event)})
             return
         except Exception as exc:  # noqa: BLE001 - any Redis failure: keep the record by writing it directly
+            metrics.store_errors.labels("redis", "usage_stream").inc()
             logger.warning(
                 "usage stream unavailable (%s); writing usage %s directly", type(exc).__name__, event["request_id"]
             )
     await sync_to_async(_write_now, thread_sensitive=False)(event)
+
+
+def _count(event: UsageEvent) -> None:
+    """The ledger's tokens and cost as Prometheus counters (every path that bills passes here)."""
+    org, model, provider = str(event["organization_id"]), event["model"], event["provider"]
+    if event["input_tokens"]:
+        metrics.tokens.labels(org, model, provider, "input").inc(event["input_tokens"])
+    if event["output_tokens"]:
+        metrics.tokens.labels(org, model, provider, "output").inc(event["output_tokens"])
+    cost = Decimal(event["cost_usd"])
+    if cost:
+        metrics.cost_usd.labels(org, model, provider).inc(float(cost))
 
 
 def _ensure_group() -> None:

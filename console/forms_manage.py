@@ -21,7 +21,12 @@ from django.db.models import Q
 from accounts.api import grantable_scopes
 from accounts.models import APIKey, KeyScope, Membership, Organization, Role, RoutingPreference, RoutingStrategy, Team
 from accounts.permissions import assignable_roles
-from accounts.serializers import MAX_GRACE_SECONDS, MAX_INT
+from accounts.serializers import (
+    MAX_GRACE_SECONDS,
+    MAX_INT,
+    MAX_REQUEST_LOG_RETENTION_DAYS,
+    MAX_RESPONSE_CACHE_TTL_SECONDS,
+)
 from billing.models import Budget, BudgetPeriod, BudgetScope, default_alert_thresholds
 from providers.models import Model, Provider
 from routing.pii import PIIAction, PIIEntity, PIIPolicy
@@ -439,6 +444,41 @@ class OrganizationSettingsForm(APIForm):
         widget=forms.TextInput(attrs={"list": "time-zones", "autocomplete": "off"}),
         help_text="An IANA name like Europe/Paris; budget periods follow its calendar.",
     )
+
+
+class CacheAndLogSettingsForm(APIForm):
+    """The response cache's lifetime and the opt-in request log; the API checks the bounds again."""
+
+    response_cache_ttl_seconds = forms.IntegerField(
+        label="Response cache lifetime (seconds)",
+        min_value=0,
+        max_value=MAX_RESPONSE_CACHE_TTL_SECONDS,
+        help_text="How long an identical request (temperature 0, or X-Muxer-Cache: use) is answered from the cache, "
+        "at no cost. 0 turns the cache off; at most 30 days.",
+    )
+    request_log_enabled = forms.BooleanField(
+        label="Keep request and response bodies",
+        required=False,
+        help_text="Stored beside each usage record with personal data and secrets masked, for owners and admins "
+        "to read in the usage explorer.",
+    )
+    request_log_retention_days = forms.IntegerField(
+        label="Keep bodies for (days)",
+        min_value=1,
+        max_value=MAX_REQUEST_LOG_RETENTION_DAYS,
+        help_text="Older bodies are deleted, also after the log is turned off.",
+    )
+
+    def __init__(self, *args: Any, organization: Organization, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "initial",
+            {
+                "response_cache_ttl_seconds": organization.response_cache_ttl_seconds,
+                "request_log_enabled": organization.request_log_enabled,
+                "request_log_retention_days": organization.request_log_retention_days,
+            },
+        )
+        super().__init__(*args, **kwargs)
 
 
 ACTION_CHOICES: Choices = [(action.value, action.value) for action in PIIAction]

@@ -22,6 +22,8 @@ from routing.consumers import ChatCompletionsConsumer
 
 
 class _InProcessChat(ChatCompletionsConsumer):
+    endpoint = "playground"
+
     def __init__(self, identity: KeyIdentity) -> None:
         super().__init__()
         self._identity = identity

@@ -16,6 +16,8 @@ import environ
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
+from muxer_project.logs import logging_config
+
 # Lets generic classes such as ModelAdmin[T] be subscripted at run time.
 django_stubs_ext.monkeypatch()
 
@@ -62,6 +64,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "corsheaders",
     "channels",
+    "django_prometheus",
     "accounts",
     "providers",
     "routing",
@@ -71,8 +74,12 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First, so every response carries X-Request-ID and audit events know the request (audit/context.py).
+    # django-prometheus times everything between its two halves, first and last.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Early, so every response carries X-Request-ID and audit events know the request (audit/context.py).
     "audit.middleware.RequestContextMiddleware",
+    # One JSON line per request, with the request id (muxer_project/logs.py).
+    "muxer_project.logs.AccessLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -83,6 +90,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "accounts.http_security.ContentSecurityPolicyMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "muxer_project.urls"
@@ -125,13 +133,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so that servers the tests start can share the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# The same backends wrapped by django-prometheus, which counts queries, their time and errors.
+_INSTRUMENTED = {
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+    "django_redis.cache.RedisCache": "django_prometheus.cache.backends.redis.RedisCache",
+    "django.core.cache.backends.locmem.LocMemCache": "django_prometheus.cache.backends.locmem.LocMemCache",
+}
+DATABASES["default"]["ENGINE"] = _INSTRUMENTED.get(DATABASES["default"]["ENGINE"], DATABASES["default"]["ENGINE"])
 
 REDIS_URL = env.str("REDIS_URL", default="")
 
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
+            "BACKEND": _INSTRUMENTED["django_redis.cache.RedisCache"],
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "mm",
         }
@@ -143,7 +159,7 @@ if REDIS_URL:
         }
     }
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {"default": {"BACKEND": _INSTRUMENTED["django.core.cache.backends.locmem.LocMemCache"]}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # --- Celery ----------------------------------------------------------------
@@ -386,6 +402,32 @@ MUXER_ROUTER_MIN_OUTPUT_TOKENS = env.int("MUXER_ROUTER_MIN_OUTPUT_TOKENS", defau
 # URLs typed into forms without a scheme are taken as https (Django 6's default, opted into now).
 FORMS_URLFIELD_ASSUME_HTTPS = True
 
+# --- Response cache (routing/response_cache.py) ---
+# Exact-match answers have a cache alias of their own: Redis when MUXER_RESPONSE_CACHE_URL (by default
+# REDIS_URL) is set, so every instance shares them; else this process's memory, keeping at most
+# MUXER_RESPONSE_CACHE_LOCAL_ENTRIES. A separate Redis lets it evict answers (allkeys-lru) without
+# touching rate-limit and budget counters. How long an answer is kept is each organization's setting.
+MUXER_RESPONSE_CACHE_URL = env.str("MUXER_RESPONSE_CACHE_URL", default=REDIS_URL)
+# Answers larger than this (their JSON, in bytes) are not kept.
+MUXER_RESPONSE_CACHE_MAX_BYTES = env.int("MUXER_RESPONSE_CACHE_MAX_BYTES", default=512 * 1024)
+# A slow cache costs a request at most about this long (twice: lookup and store) before it is a miss.
+MUXER_RESPONSE_CACHE_TIMEOUT_SECONDS = env.float("MUXER_RESPONSE_CACHE_TIMEOUT_SECONDS", default=0.5)
+if MUXER_RESPONSE_CACHE_URL:
+    CACHES["responses"] = {
+        "BACKEND": _INSTRUMENTED["django_redis.cache.RedisCache"],
+        "LOCATION": MUXER_RESPONSE_CACHE_URL,
+        "KEY_PREFIX": "mm:resp",
+        "OPTIONS": {
+            "SOCKET_CONNECT_TIMEOUT": MUXER_RESPONSE_CACHE_TIMEOUT_SECONDS,
+            "SOCKET_TIMEOUT": MUXER_RESPONSE_CACHE_TIMEOUT_SECONDS,
+        },
+    }
+else:
+    CACHES["responses"] = {
+        "BACKEND": _INSTRUMENTED["django.core.cache.backends.locmem.LocMemCache"],
+        "LOCATION": "muxer-responses",
+        "OPTIONS": {"MAX_ENTRIES": env.int("MUXER_RESPONSE_CACHE_LOCAL_ENTRIES", default=1000)},
+    }
 # --- Rate limits (routing/ratelimit.py) ---
 # When Redis cannot be reached: true admits requests without limits, false refuses them (503).
 MUXER_RATELIMIT_FAIL_OPEN = env.bool("MUXER_RATELIMIT_FAIL_OPEN", default=True)
@@ -401,6 +443,10 @@ MUXER_USAGE_STREAM = env.str("MUXER_USAGE_STREAM", default="muxer:usage")
 # count them all; older days are then answered from the rollups. Records a
 # budget's current period needs (its ledger) are kept. 0 keeps them forever.
 MUXER_USAGE_RETENTION_DAYS = env.int("MUXER_USAGE_RETENTION_DAYS", default=90)
+# --- Request log (billing/request_log.py) ---
+# The most JSON kept per request or response body of an organization that logs bodies;
+# longer strings are cut with a "…[truncated N characters]" marker.
+MUXER_REQUEST_LOG_MAX_BYTES = env.int("MUXER_REQUEST_LOG_MAX_BYTES", default=64 * 1024)
 # `celery -A muxer_project beat` runs these; workers load billing.rollups for them.
 CELERY_IMPORTS = ["billing.rollups"]
 CELERY_BEAT_SCHEDULE = {
@@ -411,6 +457,8 @@ CELERY_BEAT_SCHEDULE = {
     "budget-reconcile": {"task": "billing.budget_counters_reconcile", "schedule": crontab(minute="*/10")},
     # Audit events older than MUXER_AUDIT_RETENTION_DAYS (audit/tasks.py).
     "audit-retention": {"task": "audit.audit_retention_apply", "schedule": crontab(hour=3, minute=45)},
+    # Kept request/response bodies past each organization's request_log_retention_days (billing/request_log.py).
+    "request-log-retention": {"task": "billing.request_log_purge", "schedule": crontab(minute=20)},
 }
 # --- Audit log (audit/) ---
 # Audit events are deleted after this many days (oldest first, leaving an anchored chain). 0 keeps them forever.
@@ -419,16 +467,21 @@ MUXER_AUDIT_RETENTION_DAYS = env.int("MUXER_AUDIT_RETENTION_DAYS", default=365)
 # records REMOTE_ADDR; N records the N-th address from the right (audit log, login lockout).
 MUXER_TRUSTED_PROXY_COUNT = env.int("MUXER_TRUSTED_PROXY_COUNT", default=0)
 
-# --- Logging ---------------------------------------------------------------
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    # httpx logs every outbound request at INFO; on the proxy path that is one line per call.
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
-}
+# --- Observability (muxer_project/metrics.py, logs.py, health.py) ------------------------------
+# Every log line is JSON (structlog); MUXER_LOG_FORMAT=console prints readable lines for a terminal instead.
+LOGGING = logging_config(
+    level=env.str("LOG_LEVEL", default="INFO"), json=env.str("MUXER_LOG_FORMAT", default="json") != "console"
+)
+# /metrics answers a scraper from these networks (CIDRs; empty: none), or one sending
+# "Authorization: Bearer <MUXER_METRICS_TOKEN>" from anywhere. Behind a proxy, see MUXER_TRUSTED_PROXY_COUNT.
+MUXER_METRICS_TOKEN = env.str("MUXER_METRICS_TOKEN", default="")
+MUXER_METRICS_ALLOWED_NETWORKS = env.list("MUXER_METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
+# Budgets reported per scrape (muxer_budget_utilisation_ratio), oldest first; bounds the scrape's work.
+MUXER_METRICS_MAX_BUDGETS = env.int("MUXER_METRICS_MAX_BUDGETS", default=2000)
+# Each readiness check (database, Redis, broker) gives up after this long, so a frozen store fails fast.
+MUXER_READY_TIMEOUT_SECONDS = env.float("MUXER_READY_TIMEOUT_SECONDS", default=2.0)
+# django-prometheus would query the migration table at start-up; readiness covers the database instead.
+PROMETHEUS_EXPORT_MIGRATIONS = False
 
 # --- Production hardening --------------------------------------------------
 if PRODUCTION:

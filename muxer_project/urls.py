@@ -12,11 +12,14 @@ from audit import api as audit_api
 from audit import views as audit_views
 from billing import api as usage_api
 from billing import api_budgets as billing_api
+from billing import api_request_log as request_log_api
 from billing import views as billing_views
 from providers import api as providers_api
 from routing import errors
 from routing import feedback as routing_feedback
 from routing import views as routing_views
+
+from . import health, metrics
 
 # The operators' sign-in is brute-force protected like the console's, and says so when locked.
 admin.site.login_form = console.LockoutAdminAuthenticationForm
@@ -27,8 +30,9 @@ admin.site.index_title = "Tenants, catalog, providers, usage and audit review"
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
     path("favicon.ico", console.favicon),
-    path("healthz", routing_views.healthz, name="healthz"),
-    path("readyz", routing_views.readyz, name="readyz"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="prometheus-metrics"),
     path("v1/models", routing_views.ModelListView.as_view(), name="v1-models"),
     path("v1/route", routing_views.RouteView.as_view(), name="v1-route"),
     path("v1/models/<path:model>", routing_views.ModelDetailView.as_view(), name="v1-model-detail"),
@@ -73,6 +77,11 @@ urlpatterns = [
     ),
     path("api/orgs/<slug:org>/usage/", usage_api.UsageView.as_view(), name="usage"),
     path("api/orgs/<slug:org>/usage/export.csv", usage_api.UsageExportView.as_view(), name="usage-export"),
+    path(
+        "api/orgs/<slug:org>/usage/<int:usage_id>/bodies/",
+        request_log_api.UsageBodiesView.as_view(),
+        name="usage-bodies",
+    ),
     path("api/orgs/<slug:org>/budgets/", billing_api.BudgetListView.as_view(), name="budget-list"),
     path("api/orgs/<slug:org>/budgets/<int:budget_id>/", billing_api.BudgetDetailView.as_view(), name="budget-detail"),
     path("api/orgs/<slug:org>/notifications/", billing_api.NotificationListView.as_view(), name="notification-list"),

@@ -51,6 +51,8 @@ def _url(url: str) -> httpx.URL:
 # The timeouts of the provider being called, set by the proxy around each
 # attempt, so adapters need not pass them through every call.
 call_timeouts: ContextVar[CallTimeouts | None] = ContextVar("call_timeouts", default=None)
+# The request being served, sent to the provider as X-Request-ID so one id follows a call through both sides.
+upstream_request_id: ContextVar[str | None] = ContextVar("upstream_request_id", default=None)
 
 
 async def upstream_send(url: str, *, headers: dict[str, str], content: bytes, stream: bool = False) -> httpx.Response:
@@ -62,6 +64,9 @@ async def upstream_send(url: str, *, headers: dict[str, str], content: bytes, st
     to bound.
     """
     limits = call_timeouts.get() or CallTimeouts.defaults()
+    request_id = upstream_request_id.get()
+    if request_id is not None:
+        headers = {**headers, "x-request-id": request_id}
     extension = {"connect": limits.connect, "read": limits.total, "write": limits.total, "pool": limits.connect}
     request = httpx.Request("POST", _url(url), headers=headers, content=content, extensions={"timeout": extension})
     loop = asyncio.get_running_loop()

@@ -17,21 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
+import structlog
 from channels.consumer import AsyncConsumer
 from django.conf import settings
 
 from accounts.auth import KeyIdentity, authenticate
 from accounts.http_security import cors_headers, cors_is_preflight
+from audit.context import request_id_from
 from billing.budgets import (
     Reservation,
     organization_budgets,
@@ -41,13 +41,16 @@ from billing.budgets import (
     worst_case_input_tokens,
 )
 from billing.pricing import cost_usd
+from billing.request_log import request_log_bodies
 from billing.tokens import estimate_text_tokens
 from billing.usage import UsageEvent, usage_emit
+from muxer_project import metrics
 from muxer_project.errors import APIError, invalid_request
+from muxer_project.logs import access_line
 from providers.adapters import ChatResult, ChatStream, EmbeddingResult, ProviderError, Usage, adapter_for
 from providers.catalog import CallTimeouts, CatalogModel, get_catalog
 from providers.credentials import catalog_for, organization_keys
-from providers.http import call_timeouts
+from providers.http import call_timeouts, upstream_request_id
 from providers.resilience import backoff_seconds, breaker, counts_against_provider, latency
 
 from .cascade import AnswerScore, score_answer
@@ -63,6 +66,19 @@ from .pii import (
     guard,
 )
 from .ratelimit import admit
+from .response_cache import (
+    AnswerAssembler,
+    CacheDirective,
+    CacheResult,
+    cache_applies,
+    cache_directive,
+    cache_entry,
+    cached_answer_get,
+    cached_answer_store,
+    fresh_completion,
+    request_fingerprint,
+    response_cache_key,
+)
 from .schema import (
     ChatRequest,
     EmbeddingRequest,
@@ -75,12 +91,10 @@ from .schema import (
 )
 from .selection import PromptScore, RouteDecision, prompt_text, select_embedding_model, select_route
 from .semantic import semantic_model_for
-from .strategies.base import capped_output_tokens
+from .strategies.base import capped_output_tokens, permitted
 from .strategies.heuristic import assess
 
 logger = logging.getLogger(__name__)
-# Fields that do not change an answer: two requests differing only in these would share a cached response.
-FINGERPRINT_IGNORES = frozenset({"stream", "stream_options", "user", "metadata", "store", "safety_identifier"})
 T = TypeVar("T")
 
 JSON = b"application/json"
@@ -98,13 +112,28 @@ async def _wait_for_disconnect(receive: ASGIReceiveCallable) -> None:
 
 
 class GatewayConsumer(AsyncConsumer):
-    """Base for proxy endpoints: read the body, run :meth:`handle`, shape errors."""
+    """Base for proxy endpoints: read the body, run :meth:`handle`, shape errors, record metrics and the access log."""
 
     methods = frozenset({"POST"})
+    # The endpoint's name in metrics and logs.
+    endpoint = "proxy"
+    # Known once the key is checked; the model and provider that answered, once one did.
+    identity: KeyIdentity | None = None
+    served: tuple[str, str] = ("", "")
+    # The response's status and error code, for metrics and the access log.
+    status = 0
+    error_code = ""
+    # Seconds spent waiting for providers; the rest of the request's time is the gateway's own.
+    upstream_seconds = 0.0
+    ttft_seconds: float | None = None
+    # The response cache's verdict: "hit", "miss", "bypass", or "off" (not eligible).
+    cache_result = "off"
     # The x-ratelimit-* headers of the limits this request was counted against; on every response.
     rate_headers: Headers = []
     # x-muxer-pii (the entity types found in the request and how often); on every response once known.
     pii_headers: Headers = []
+    # x-muxer-cache (hit, miss or bypass) once the response cache has looked at the request.
+    cache_headers: Headers = []
     # Access-Control-* for a browser caller from an allowed origin (the consumers bypass Django's middleware).
     cors: Headers = []
 
@@ -112,9 +141,18 @@ class GatewayConsumer(AsyncConsumer):
         self.scope = scope
         self._send = send
         self.started = time.perf_counter()
-        self.request_id = f"req_{uuid.uuid4().hex}"
+        # The caller's X-Request-ID when it is a sane token; sent on to the provider and back in the response.
+        self.request_id = request_id_from(self.header(b"x-request-id"))
         self.response_started = False
         self.response_complete = False
+        with structlog.contextvars.bound_contextvars(request_id=self.request_id):
+            upstream_request_id.set(self.request_id)
+            try:
+                await self._serve(scope, receive, send)
+            finally:
+                self.observe()
+
+    async def _serve(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         self.cors = cors_headers(scope["method"], scope["headers"])
         if cors_is_preflight(scope["method"], scope["headers"]):
             await send(
@@ -193,8 +231,50 @@ class GatewayConsumer(AsyncConsumer):
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
 
+    def observe(self) -> None:
+        """Metrics and the access-log line for the finished request (a client that left counts as 499)."""
+        elapsed = time.perf_counter() - self.started
+        status = self.status if self.response_complete or self.status >= 400 else 499
+        identity = self.identity
+        org = str(identity.organization_id) if identity is not None else ""
+        model, provider = self.served
+        route: RouteDecision | None = getattr(self, "route", None)
+        strategy = route.strategy if route is not None else ""
+        endpoint = self.endpoint
+        metrics.requests.labels(endpoint, org, model, provider, strategy, str(status)).inc()
+        metrics.request_duration.labels(endpoint).observe(elapsed)
+        overhead = max(elapsed - self.upstream_seconds, 0.0)
+        metrics.gateway_overhead.labels(endpoint).observe(overhead)
+        if self.error_code == "rate_limit_exceeded":
+            metrics.rate_limited.labels(org, endpoint).inc()
+        elif self.error_code == "budget_exceeded":
+            metrics.budget_refusals.labels(org).inc()
+        elif status == 401:
+            metrics.auth_failures.labels("api_key").inc()
+        if self.cache_result != "off":
+            metrics.cache_requests.labels(org, self.cache_result).inc()
+        access_line(
+            endpoint=endpoint,
+            method=self.scope["method"],
+            status=status,
+            error_code=self.error_code or None,
+            org_id=identity.organization_id if identity is not None else None,
+            key_prefix=identity.prefix if identity is not None else None,
+            model=model or None,
+            provider=provider or None,
+            strategy=strategy or None,
+            route_reason=route.reason if route is not None else None,
+            attempts=getattr(self, "attempts", None) or None,
+            cache=self.cache_result,
+            latency_ms=round(elapsed * 1000, 1),
+            upstream_ms=round(self.upstream_seconds * 1000, 1),
+            ttft_ms=None if self.ttft_seconds is None else round(self.ttft_seconds * 1000, 1),
+            overhead_ms=round(overhead * 1000, 2),
+        )
+
     async def start_response(self, status: int, content_type: bytes, headers: Headers) -> None:
         self.response_started = True
+        self.status = status
         await self._send(
             {
                 "type": "http.response.start",
@@ -206,6 +286,7 @@ class GatewayConsumer(AsyncConsumer):
                     *self.cors,
                     *self.rate_headers,
                     *self.pii_headers,
+                    *self.cache_headers,
                     *headers,
                 ],
             }
@@ -221,6 +302,7 @@ class GatewayConsumer(AsyncConsumer):
         await self.send_body(body)
 
     async def send_error(self, exc: APIError) -> None:
+        self.error_code = exc.code or ""
         headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
         if any(name.startswith(b"x-ratelimit-") for name, _ in headers):
             self.rate_headers = []  # the refusal carries its own
@@ -336,6 +418,8 @@ class RoutedConsumer(GatewayConsumer):
     """Base for endpoints that call providers: the retry/fallback loop and usage records."""
 
     attempts = 0
+    # When the successful provider call started (perf_counter).
+    call_started = 0.0
     # The step of a cascade that is running (1 otherwise), and the route, for the usage records.
     step = 1
     route: RouteDecision | None = None
@@ -349,6 +433,10 @@ class RoutedConsumer(GatewayConsumer):
     # that masking sent upstream (None: nothing to put back in the answer).
     pii_counts: dict[PIIEntity, int] | None = None
     restorer: Restorer | None = None
+    # The response cache's key for this request when a miss's answer is to be kept (None: not kept).
+    cache_key: str | None = None
+    # The body as the client sent it, for an organization that keeps request logs (None: it does not).
+    client_body: bytes | None = None
 
     def pii_restore_wanted(self) -> bool:
         """``X-Muxer-PII-Restore``: whether masked values are put back in the answer (the default) or left masked."""
@@ -376,6 +464,9 @@ class RoutedConsumer(GatewayConsumer):
         self.pii_counts = result.counts
         self.pii_headers = [(b"x-muxer-pii", found.encode())]
         by_action: dict[PIIAction, list[str]] = {}
+        org = str(self.identity.organization_id) if self.identity is not None else ""
+        for entity, count in result.counts.items():
+            metrics.pii_detections.labels(org, entity.value, policy.action_for(entity).value).inc(count)
         for entity in sorted(result.counts, key=lambda e: e.value):
             by_action.setdefault(policy.action_for(entity), []).append(entity.value)
         outcome = "; ".join(f"{action.value}: {', '.join(names)}" for action, names in sorted(by_action.items()))
@@ -452,6 +543,8 @@ class RoutedConsumer(GatewayConsumer):
                 try:
                     result = await start(model)
                 except ProviderError as error:
+                    self.upstream_seconds += time.perf_counter() - attempt_started
+                    metrics.provider_errors.labels(model.provider, model.name, str(error.status)).inc()
                     last = (model, error)
                     if counts_against_provider(error):
                         await breaker.record(model, ok=False)
@@ -465,10 +558,21 @@ class RoutedConsumer(GatewayConsumer):
                         break
                     if time.monotonic() + delay > deadline:
                         break
+                    # Waiting out a provider's trouble is not the gateway's own time.
+                    slept = time.perf_counter()
                     await asyncio.sleep(delay)
+                    self.upstream_seconds += time.perf_counter() - slept
                 else:
+                    took = time.perf_counter() - attempt_started
+                    self.upstream_seconds += took
+                    self.call_started = attempt_started
+                    if stream:
+                        self.ttft_seconds = took
+                        metrics.time_to_first_token.labels(model.provider, model.name).observe(took)
+                    else:
+                        metrics.upstream_latency.labels(model.provider, model.name).observe(took)
                     await breaker.record(model, ok=True)
-                    latency.record(model, (time.perf_counter() - attempt_started) * 1000)
+                    latency.record(model, took * 1000)
                     return model, result
             if time.monotonic() > deadline:
                 break
@@ -487,6 +591,7 @@ class RoutedConsumer(GatewayConsumer):
         stream: bool,
         error_code: str = "",
     ) -> UsageEvent:
+        self.served = (model.name, model.provider)
         return {
             "request_id": self.request_id,
             "organization_id": identity.organization_id,
@@ -598,9 +703,7 @@ class RoutedConsumer(GatewayConsumer):
                 has_images=request.has_images,
                 wants_json=request.wants_json,
             ).score
-        cacheable = {k: v for k, v in request.payload.items() if k not in FINGERPRINT_IGNORES}
-        cacheable["model"] = request.model
-        self.fingerprint = hashlib.sha256(orjson.dumps(cacheable, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        self.fingerprint = self.fingerprint or request_fingerprint(request)
 
     # Whether this endpoint runs a cascade's later steps; one that cannot serves the first step only.
     runs_cascades = True
@@ -610,18 +713,28 @@ class RoutedConsumer(GatewayConsumer):
         """What the request's headers ask of the router; none by default."""
         return RoutingOptions()
 
+    def requested_fallbacks(self) -> tuple[str, ...]:
+        """``X-Muxer-Fallbacks``: the models to fall back to, in order."""
+        return tuple(name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip())
+
     async def admit_and_route(self, identity: KeyIdentity, request: ChatRequest) -> RouteDecision:
-        """What every chat-shaped endpoint does before calling a provider: apply the input limits and the PII
-        policy, count the request against the rate limits, choose its route, note what the usage record keeps,
-        and hold its worst case against the budgets."""
+        """What every chat-shaped endpoint does before calling a provider (:meth:`admit_request`, then
+        :meth:`route_request`); chat completions looks in the response cache between the two."""
+        await self.admit_request(identity, request)
+        return await self.route_request(identity, request)
+
+    async def admit_request(self, identity: KeyIdentity, request: ChatRequest) -> None:
+        """Apply the input limits and the PII policy, and count the request against the rate limits."""
         check_input_tokens(request.prompt_tokens)
         self.guard_chat(identity, request)
         tokens = request.prompt_tokens + (request.max_output_tokens or settings.MUXER_ROUTER_EXPECTED_OUTPUT_TOKENS)
         self.rate_headers = await admit(identity, tokens)
+
+    async def route_request(self, identity: KeyIdentity, request: ChatRequest) -> RouteDecision:
+        """Choose the request's route, note what the usage record keeps, and hold its worst case against the
+        budgets."""
         options = self.routing_options()
-        requested_fallbacks = tuple(
-            name.strip() for name in (self.header(b"x-muxer-fallbacks") or "").split(",") if name.strip()
-        )
+        requested_fallbacks = self.requested_fallbacks()
         catalog = await get_catalog()
         if not request.routed:
             named = catalog.get(request.model)
@@ -630,6 +743,7 @@ class RoutedConsumer(GatewayConsumer):
                 check_context_window(named, request.prompt_tokens, request.max_output_tokens)
         own_keys = await organization_keys(identity.organization_id)
         scorer = PromptScore(await semantic_model_for(identity.organization_id)) if request.routed else None
+        deciding = time.perf_counter()
         route = select_route(
             catalog=catalog_for(catalog, identity.organization_id, own_keys),
             identity=identity,
@@ -638,6 +752,7 @@ class RoutedConsumer(GatewayConsumer):
             options=options,
             requested_fallbacks=requested_fallbacks,
         )
+        metrics.routing_decision.labels(route.strategy).observe(time.perf_counter() - deciding)
         if route.escalations and not self.runs_cascades:
             route = replace(route, escalations=(), reason=route.reason + self.cascade_note)
         if scorer is not None:
@@ -658,20 +773,35 @@ class RoutedConsumer(GatewayConsumer):
         if self.reservation is not None:
             await settle(self.reservation)
 
+    def cacheable_answer(self, model: CatalogModel, body: dict[str, Any], usage: Usage) -> bytes | None:
+        """The answer as the cache keeps it, taken before the PII restorer changes ``body``; None when this
+        request's answer is not to be kept or cannot be."""
+        if self.cache_key is None:
+            return None
+        return cache_entry(model=model.name, provider=model.provider, body=body, usage=usage)
+
+    async def keep_answer(self, identity: KeyIdentity, entry: bytes | None) -> None:
+        if entry is not None and self.cache_key is not None:
+            await cached_answer_store(self.cache_key, entry, ttl=identity.response_cache_ttl)
+
+    def log_bodies(self, event: UsageEvent, response: dict[str, Any] | None) -> None:
+        """Attach the request as the client sent it and the answer as it got it (PII masked) to the usage event
+        that carries the answer, for an organization that keeps them; a failure costs the log, not the record."""
+        if self.client_body is None:
+            return
+        try:
+            event["request_log"] = request_log_bodies(request=orjson.loads(self.client_body), response=response)
+        except Exception as exc:  # noqa: BLE001 - never lose the usage record over its bodies
+            logger.warning("request %s: bodies not logged (%s)", self.request_id, type(exc).__name__)
+
     async def _record_failure(
         self, identity: KeyIdentity, model: CatalogModel, error: ProviderError, *, stream: bool
     ) -> None:
-        await usage_emit(
-            self._usage_event(
-                identity,
-                model,
-                Usage(),
-                status="error",
-                http_status=error.status,
-                stream=stream,
-                error_code=error.code,
-            )
+        event = self._usage_event(
+            identity, model, Usage(), status="error", http_status=error.status, stream=stream, error_code=error.code
         )
+        self.log_bodies(event, None)
+        await usage_emit(event)
 
     @staticmethod
     def _client_error(error: ProviderError) -> APIError:
@@ -693,11 +823,19 @@ class RoutedConsumer(GatewayConsumer):
 class ChatCompletionsConsumer(RoutedConsumer):
     """``POST /v1/chat/completions``, streamed and not; routed requests may run as a cascade."""
 
+    endpoint = "chat_completions"
+
     async def handle(self, body: bytes) -> None:
-        identity = await self.identify()
+        identity = self.identity = await self.identify()
         request = parse_chat_request(body)
         check_message_count(len(request.payload["messages"]))
-        route = await self.admit_and_route(identity, request)
+        directive = cache_directive(self.header(b"x-muxer-cache"))
+        if identity.request_log:
+            self.client_body = body
+        await self.admit_request(identity, request)
+        if await self.answer_from_cache(identity, request, directive):
+            return
+        route = await self.route_request(identity, request)
         try:
             if route.escalations:
                 await self._cascade(identity, request, route)
@@ -711,6 +849,59 @@ class ChatCompletionsConsumer(RoutedConsumer):
     async def identify(self) -> KeyIdentity:
         """The caller's key, from the Authorization header (the console's in-process calls name one instead)."""
         return await authenticate(self.header(b"authorization"))
+
+    def note_cache(self, result: CacheResult) -> None:
+        self.cache_result = result
+        self.cache_headers = [] if result == "off" else [(b"x-muxer-cache", result.encode())]
+
+    async def answer_from_cache(
+        self, identity: KeyIdentity, request: ChatRequest, directive: CacheDirective | None
+    ) -> bool:
+        """Answer from the response cache when the request allows it and an answer is kept (see
+        routing/response_cache.py): no route, no budget hold, no provider call, and a usage record at $0.
+        Otherwise note the key, so that the answer this request gets is kept. Whether it answered."""
+        skipped = cache_applies(request, ttl=identity.response_cache_ttl, directive=directive)
+        if skipped is not None:
+            self.note_cache(skipped)
+            return False
+        self.fingerprint = request_fingerprint(request)
+        key = response_cache_key(
+            identity=identity,
+            request=request,
+            fingerprint=self.fingerprint,
+            options=self.routing_options(),
+            fallbacks=self.requested_fallbacks(),
+        )
+        cached = await cached_answer_get(key)
+        model = None if cached is None else (await get_catalog()).get(cached.model)
+        # A kept answer from a model this key may not use (or one since disabled) is not served: the request
+        # goes to its own route, and its answer replaces the kept one.
+        if cached is None or model is None or model.provider != cached.provider or not permitted(model, identity):
+            self.note_cache("miss")
+            self.cache_key = key
+            return False
+        self.note_cache("hit")
+        self.served = (model.name, model.provider)
+        body = cached.body
+        fresh_completion(body)
+        self.restore_answer(body)
+        headers = [
+            (b"x-muxer-model", model.name.encode()),
+            (b"x-muxer-provider", model.provider.encode()),
+            (b"x-muxer-route-reason", b"cache"),
+            (b"x-muxer-cost-usd", b"0"),
+            (b"x-muxer-overhead-ms", f"{self.elapsed_ms():.1f}".encode()),
+        ]
+        if request.stream:
+            await self._replay_stream(request, model, ChatResult(body=body, usage=cached.usage), cached.usage, headers)
+        else:
+            await self.send_json(200, orjson.dumps(body), headers)
+        event = self._usage_event(identity, model, cached.usage, status="ok", http_status=200, stream=request.stream)
+        event["cost_usd"] = "0"
+        event["cache_hit"] = True
+        self.log_bodies(event, body)
+        await usage_emit(event)
+        return True
 
     def routing_options(self) -> RoutingOptions:
         """The routing headers: ``X-Muxer-Strategy`` and ``X-Muxer-Max-Cost`` (USD)."""
@@ -740,6 +931,7 @@ class ChatCompletionsConsumer(RoutedConsumer):
         upstream_started = time.perf_counter()
         model, result, usage = await self._call_chat(identity, request, route)
         upstream_ms = (time.perf_counter() - upstream_started) * 1000
+        kept = self.cacheable_answer(model, result.body, usage)
         self.restore_answer(result.body)
         event = self._usage_event(identity, model, usage, status="ok", http_status=200, stream=False)
         # Settled before the answer goes out, so the client's next request sees this one's hold released.
@@ -748,6 +940,8 @@ class ChatCompletionsConsumer(RoutedConsumer):
         headers.append((b"x-muxer-cost-usd", event["cost_usd"].encode()))
         headers.append((b"x-muxer-overhead-ms", f"{self.elapsed_ms() - upstream_ms:.1f}".encode()))
         await self.send_json(200, orjson.dumps(result.body), headers)
+        await self.keep_answer(identity, kept)
+        self.log_bodies(event, result.body)
         await usage_emit(event)
 
     async def _cascade(self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision) -> None:
@@ -798,6 +992,8 @@ class ChatCompletionsConsumer(RoutedConsumer):
             chosen = max(range(len(answers)), key=lambda i: (answers[i][3].score, i))
             model, result, usage, verdict, step_number = answers[chosen]
             self.step = step_number
+            # Only an accepted answer is kept: the best of weak ones (a later tier failed) is not worth repeating.
+            kept = self.cacheable_answer(model, result.body, usage) if verdict.score >= threshold else None
             self.restore_answer(result.body)
             headers = self._route_headers(model, replace(route, model=steps[step_number - 1]))
             headers.append((b"x-muxer-cascade", self._trail(answers).encode()))
@@ -806,6 +1002,7 @@ class ChatCompletionsConsumer(RoutedConsumer):
                 await self._replay_stream(request, model, result, usage, headers)
             else:
                 await self.send_json(200, orjson.dumps(result.body), headers)
+            await self.keep_answer(identity, kept)
         finally:
             await self._record_steps(identity, answers, chosen=chosen)
 
@@ -834,12 +1031,14 @@ class ChatCompletionsConsumer(RoutedConsumer):
         chosen: int | None,
     ) -> None:
         current = self.step
-        for index, (model, _result, usage, verdict, step_number) in enumerate(answers):
+        for index, (model, result, usage, verdict, step_number) in enumerate(answers):
             self.step = step_number
             status = "ok" if index == chosen else "escalated"
             event = self._usage_event(identity, model, usage, status=status, http_status=200, stream=False)
             if status == "escalated":
                 event["error_code"] = f"cascade_score_{verdict.score:.2f}"
+            else:
+                self.log_bodies(event, result.body)  # the accepted answer, as the client got it
             await usage_emit(event)
         self.step = current
 
@@ -900,6 +1099,11 @@ class ChatCompletionsConsumer(RoutedConsumer):
         if cascade_trail is not None:
             headers.append((b"x-muxer-cascade", cascade_trail.encode()))
         restoring = self.answer_restorer()
+        # The whole answer, for the response cache (as the provider sent it) and the request log (as the client
+        # got it); only built when one of them wants it.
+        assembler = AnswerAssembler() if self.cache_key is not None or self.client_body is not None else None
+        answer: dict[str, Any] | None = None
+        kept: bytes | None = None
         try:
             await self.start_response(
                 200,
@@ -909,6 +1113,8 @@ class ChatCompletionsConsumer(RoutedConsumer):
             try:
                 async with asyncio.timeout(model.call_timeouts.total):
                     async for chunk in chunks:
+                        if assembler is not None:
+                            assembler.feed(chunk)
                         if restoring is not None:
                             restoring.feed(chunk)
                         if first is None and "choices" in chunk:
@@ -938,6 +1144,10 @@ class ChatCompletionsConsumer(RoutedConsumer):
                 error_code = str(progress.error.get("code") or "upstream_error")
             else:
                 usage = self._settled_usage(request, stream.progress.usage, progress.completion_chars)
+                if assembler is not None:
+                    answer = assembler.completion(model=model.name, usage=_openai_usage(usage))
+                    kept = None if assembler.lossy else self.cacheable_answer(model, answer, usage)
+                    self.restore_answer(answer)
                 tail = b""
                 if request.include_usage and first is not None:
                     usage_chunk: dict[str, Any] = {
@@ -954,18 +1164,24 @@ class ChatCompletionsConsumer(RoutedConsumer):
                 tail += b": x-muxer-cost-usd=" + format(cost_usd(model, usage), "f").encode() + b"\n\n"
                 await self.send_body(tail + b"data: [DONE]\n\n", more=True)
             await self.send_body(b"")
+            await self.keep_answer(identity, kept)
         except asyncio.CancelledError:
             status, http_status, error_code = "client_disconnected", 499, "client_disconnected"
             raise
         finally:
             await chunks.aclose()
             await stream.close()
+            # The provider's whole stream, from the call that opened it; its time after the first chunk is
+            # upstream time too.
+            streamed = time.perf_counter() - self.call_started
+            metrics.upstream_latency.labels(model.provider, model.name).observe(streamed)
+            self.upstream_seconds += max(streamed - (self.ttft_seconds or 0.0), 0.0)
             usage = self._settled_usage(request, progress.usage, progress.completion_chars)
-            await usage_emit(
-                self._usage_event(
-                    identity, model, usage, status=status, http_status=http_status, stream=True, error_code=error_code
-                )
+            event = self._usage_event(
+                identity, model, usage, status=status, http_status=http_status, stream=True, error_code=error_code
             )
+            self.log_bodies(event, answer if status == "ok" else None)
+            await usage_emit(event)
 
     @staticmethod
     def _settled_usage(request: ChatRequest, reported: Usage | None, completion_chars: int) -> Usage:
@@ -981,8 +1197,10 @@ class ChatCompletionsConsumer(RoutedConsumer):
 class EmbeddingsConsumer(RoutedConsumer):
     """``POST /v1/embeddings``: retried like chat; no fallback to another model, whose vectors would differ."""
 
+    endpoint = "embeddings"
+
     async def handle(self, body: bytes) -> None:
-        identity = await authenticate(self.header(b"authorization"))
+        identity = self.identity = await authenticate(self.header(b"authorization"))
         request = parse_embedding_request(body)
         input_tokens = sum(estimate_text_tokens(len(text)) for text in request.texts)
         check_input_tokens(input_tokens, param="input")

@@ -69,6 +69,7 @@ from providers.catalog import CatalogModel
 
 from .consumers import ChatCompletionsConsumer, Headers, OpenedStream, RoutedConsumer, _completion_chars, open_stream
 from .limits import check_message_count
+from .response_cache import AnswerAssembler
 from .schema import ChatRequest, _json_object, parse_chat_request
 from .selection import RouteDecision
 
@@ -710,10 +711,14 @@ class MessagesConsumer(RoutedConsumer):
     # backed by its fallbacks. Chat completions runs the whole cascade.
     runs_cascades = False
     cascade_note = "; first step only on /v1/messages"
+    endpoint = "messages"
 
     async def handle(self, body: bytes) -> None:
-        identity = await authenticate(self._authorization())
+        identity = self.identity = await authenticate(self._authorization())
         request = parse_messages_request(body)
+        if identity.request_log:
+            self.client_body = body
+        # Not answered from the response cache (chat completions only): this endpoint goes straight to its route.
         route = await self.admit_and_route(identity, request)
         try:
             if request.stream:
@@ -766,6 +771,7 @@ class MessagesConsumer(RoutedConsumer):
         headers.append((b"x-muxer-cost-usd", event["cost_usd"].encode()))
         headers.append((b"x-muxer-overhead-ms", f"{self.elapsed_ms() - upstream_ms:.1f}".encode()))
         await self.send_json(200, orjson.dumps(message), headers)
+        self.log_bodies(event, message)
         await usage_emit(event)
 
     async def _stream(self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision) -> None:
@@ -779,6 +785,9 @@ class MessagesConsumer(RoutedConsumer):
         progress = stream.progress
         encoder = MessageStreamEncoder(model_name=model.name, input_tokens=request.prompt_tokens)
         restoring = self.answer_restorer()
+        # The whole answer for the request log, in this endpoint's format, when the organization keeps one.
+        assembler = AnswerAssembler() if self.client_body is not None else None
+        answer: dict[str, Any] | None = None
         status, http_status, error_code = "ok", 200, ""
         try:
             await self.start_response(
@@ -794,6 +803,8 @@ class MessagesConsumer(RoutedConsumer):
                     break
                 if restoring is not None:
                     restoring.feed(chunk)
+                if assembler is not None:
+                    assembler.feed(chunk)
                 events = encoder.feed(chunk)
                 if events:
                     await self.send_body(events, more=True)
@@ -804,6 +815,9 @@ class MessagesConsumer(RoutedConsumer):
                 await self.send_body(encoder.error(str(failure.get("message") or "The provider failed mid-stream.")))
             else:
                 usage = ChatCompletionsConsumer._settled_usage(request, progress.usage, progress.completion_chars)
+                if assembler is not None:
+                    whole = assembler.completion(model=model.name, usage=None)
+                    answer = message_from_completion(whole, usage, model_name=model.name)
                 # An SSE comment, as on chat: clients ignore it, but a stream's cost is only known here.
                 cost = b": x-muxer-cost-usd=" + format(cost_usd(model, usage), "f").encode() + b"\n\n"
                 await self.send_body(encoder.finish(usage) + cost + encoder.stop())
@@ -814,8 +828,8 @@ class MessagesConsumer(RoutedConsumer):
             await chunks.aclose()
             await stream.close()
             usage = ChatCompletionsConsumer._settled_usage(request, progress.usage, progress.completion_chars)
-            await usage_emit(
-                self._usage_event(
-                    identity, model, usage, status=status, http_status=http_status, stream=True, error_code=error_code
-                )
+            event = self._usage_event(
+                identity, model, usage, status=status, http_status=http_status, stream=True, error_code=error_code
             )
+            self.log_bodies(event, answer if status == "ok" else None)
+            await usage_emit(event)

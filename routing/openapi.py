@@ -142,7 +142,12 @@ def add_proxy_endpoints(result: dict[str, Any], generator: Any, request: Any, pu
                     "description": "A chat.completion object, or an SSE stream of chat.completion.chunk objects. "
                     "Headers: x-request-id, x-muxer-model, x-muxer-provider, x-muxer-cost-usd, and x-muxer-pii "
                     "(entity types and counts) when the organization's PII guard found any. "
-                    "Request header X-Muxer-PII-Restore: false leaves masked values masked in the answer.",
+                    "Request header X-Muxer-PII-Restore: false leaves masked values masked in the answer. "
+                    "Response cache: a request with temperature 0, or with request header X-Muxer-Cache: use, is "
+                    "answered from the organization's exact-match cache when the same request was answered before "
+                    "(x-muxer-cache: hit, x-muxer-cost-usd: 0, no provider call) and otherwise kept for next time "
+                    "(x-muxer-cache: miss); X-Muxer-Cache: bypass neither reads nor writes it (x-muxer-cache: bypass). "
+                    "No x-muxer-cache header: the cache did not apply.",
                     "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}},
                 },
                 **{

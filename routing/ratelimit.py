@@ -11,7 +11,7 @@ the same arithmetic runs in process memory.
 
 If Redis fails, ``MUXER_RATELIMIT_FAIL_OPEN`` decides: admit the request
 unlimited (the default) or refuse it with a 503. Either way it is logged and
-counted in ``store_failures``.
+counted in ``muxer_store_errors_total``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from accounts.auth import KeyIdentity
+from muxer_project import metrics
 from muxer_project.errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,6 @@ class RedisMeters:
 
 _memory = MemoryMeters()
 _redis = RedisMeters()
-store_failures = 0
 
 
 def forget_rate_limits() -> None:
@@ -160,14 +160,13 @@ def forget_rate_limits() -> None:
 async def admit(identity: KeyIdentity, tokens: int) -> list[tuple[bytes, bytes]]:
     """Count the request against every limit that applies; returns the ``x-ratelimit-*`` headers, or raises a 429
     (with ``Retry-After``) when a limit is spent."""
-    global store_failures
     meters = meters_for(identity, tokens)
     if not meters:
         return []
     try:
         verdict = await (_redis if settings.REDIS_URL else _memory).check(meters)
     except Exception as exc:  # noqa: BLE001 - any store failure takes the configured path
-        store_failures += 1
+        metrics.store_errors.labels("redis" if settings.REDIS_URL else "memory", "rate_limit").inc()
         logger.warning("rate limit store failed (%s); %s", type(exc).__name__, _outage_word())
         if settings.MUXER_RATELIMIT_FAIL_OPEN:
             return []

@@ -3,8 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
-from django.http import HttpRequest, JsonResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -16,7 +14,6 @@ from accounts.auth import KeyIdentity
 from muxer_project.errors import model_not_found
 from providers.catalog import Catalog, get_catalog_sync
 from providers.credentials import catalog_for, organization_keys_sync
-from providers.resilience import open_circuits
 
 from .openapi import error_responses, list_of
 from .schema import RoutingOptions, parse_chat_request, parse_max_cost, parse_strategy, too_large
@@ -148,36 +145,3 @@ class RouteView(APIView):
             options=options,
         )
         return Response(decision.as_dict())
-
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness: the process answers."""
-    return JsonResponse({"status": "ok"})
-
-
-def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: the database and the cache answer."""
-    from django.core.cache import cache
-
-    checks: dict[str, str] = {}
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        checks["database"] = "ok"
-    except Exception as exc:  # noqa: BLE001
-        checks["database"] = type(exc).__name__
-    try:
-        cache.set("readyz", "1", 5)
-        checks["cache"] = "ok" if cache.get("readyz") == "1" else "mismatch"
-    except Exception as exc:  # noqa: BLE001
-        checks["cache"] = type(exc).__name__
-    healthy = all(v == "ok" for v in checks.values())
-    # Open circuits are reported, not fatal: the instance can still serve other models.
-    try:
-        circuits: dict[str, str] | str = open_circuits()
-    except Exception as exc:  # noqa: BLE001
-        circuits = type(exc).__name__
-    return JsonResponse(
-        {"status": "ok" if healthy else "unavailable", "checks": checks, "circuits": circuits},
-        status=200 if healthy else 503,
-    )

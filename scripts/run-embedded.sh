@@ -31,6 +31,7 @@ cat <<MSG
   fake upstream: $MUXER_FAKE_BASE_URL
   demo API key:  $key
   console:       http://$HOST:$PORT/console/  (sign in as ${login%% *}, password ${login#* })
+  health:        http://$HOST:$PORT/healthz, /readyz;  metrics: http://$HOST:$PORT/metrics (from this machine)
 
   curl http://$HOST:$PORT/v1/chat/completions \\
     -H "Authorization: Bearer $key" -H "Content-Type: application/json" \\

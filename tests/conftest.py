@@ -35,6 +35,7 @@ from providers.credentials import forget_organization_keys
 from providers.resilience import breaker, latency
 from providers.services import catalog_sync_defaults
 from routing.ratelimit import forget_rate_limits
+from routing.response_cache import forget_cached_answers
 
 from .factories import MembershipFactory, OrganizationFactory, UserFactory, issue_key
 
@@ -55,7 +56,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     missing: dict[str, str] = {}
     if not settings.REDIS_URL:
         missing["redis"] = "REDIS_URL is not set"
-    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    if not settings.DATABASES["default"]["ENGINE"].endswith(".postgresql"):
         missing["postgres"] = "DATABASE_URL does not point at PostgreSQL"
     for item in items:
         for marker, reason in missing.items():
@@ -80,6 +81,8 @@ def _forget_process_state() -> None:
     forget_budget_state()
     forget_rate_limits()
     forget_login_failures()
+    # Organization ids repeat across test runs, and a kept answer (in Redis) would outlive its run.
+    forget_cached_answers()
     if settings.REDIS_URL:
         client = sync_redis()
         stale = [*client.scan_iter(match="muxer:cb*", count=1000), *client.scan_iter(match="muxer:rl:*", count=1000)]
@@ -245,7 +248,7 @@ def upstream(fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> Fa
 
 def database_url() -> str:
     db = connection.settings_dict
-    if db["ENGINE"] == "django.db.backends.sqlite3":
+    if db["ENGINE"].endswith(".sqlite3"):
         return f"sqlite:///{db['NAME']}"
     user = db.get("USER") or "postgres"
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
@@ -284,7 +287,9 @@ def gateway(
         command = [sys.executable, "-m", "uvicorn", "muxer_project.asgi:application", "--port", str(port),
                    "--log-level", "warning"]  # fmt: skip
     else:
-        command = [sys.executable, "-m", "daphne", "-p", str(port), "muxer_project.asgi:application"]
+        # The gateway writes its own JSON access log; daphne's plain-text one would be a second, unstructured copy.
+        command = [sys.executable, "-m", "daphne", "-p", str(port), "--access-log", os.devnull,
+                   "muxer_project.asgi:application"]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -379,7 +384,7 @@ def celery_worker(transactional_db: None, tmp_path: Path) -> Iterator[CeleryWork
     parallel runs sharing a Redis never take each other's tasks. Mail goes to
     files in ``mail_dir``. Mark the test ``redis`` and ``postgres`` too.
     """
-    if not settings.REDIS_URL or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    if not settings.REDIS_URL or not settings.DATABASES["default"]["ENGINE"].endswith(".postgresql"):
         reason = "a real Celery worker needs REDIS_URL and a PostgreSQL DATABASE_URL"
         if IN_CI:
             pytest.fail(reason)

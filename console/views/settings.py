@@ -1,4 +1,5 @@
-"""Console pages: organization settings, the PII policy and the organization's own provider keys (BYOK).
+"""Console pages: organization settings, the PII policy, the response cache and request log, and the
+organization's own provider keys (BYOK).
 
 A stored provider key is never rendered back: the page shows whether one is
 set and its last four characters, as the API does.
@@ -6,6 +7,7 @@ set and its last four characters, as the API does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -23,6 +25,8 @@ from routing.pii import PIIEntity, PIIPolicy
 from ..access import OrgAccess, org_page
 from ..bridge import api_call
 from ..forms_manage import (
+    APIForm,
+    CacheAndLogSettingsForm,
     OrganizationSettingsForm,
     PIIPolicyForm,
     ProviderCredentialForm,
@@ -74,6 +78,7 @@ def render_page(
     *,
     org_form: OrganizationSettingsForm | None = None,
     pii_form: PIIPolicyForm | None = None,
+    cache_form: CacheAndLogSettingsForm | None = None,
     credential_form: ProviderCredentialForm | None = None,
     error: str = "",
     status: int = 200,
@@ -84,10 +89,12 @@ def render_page(
             initial={"name": organization.name, "timezone": organization.timezone}
         )
         pii_form = pii_form or PIIPolicyForm(organization=organization)
+        cache_form = cache_form or CacheAndLogSettingsForm(organization=organization)
     credentials = credential_rows(request, access, bound=credential_form) if access.can(Perm.CREDENTIALS_MANAGE) else []
     context = access.context(
         org_form=org_form,
         pii_form=pii_form,
+        cache_form=cache_form,
         pii_rows=pii_rows(organization.pii_policy),
         time_zones=time_zone_names() if org_form is not None else (),
         credentials=credentials,
@@ -96,22 +103,30 @@ def render_page(
     return render(request, TEMPLATE, context, status=status)
 
 
-@org_page(Perm.ORG_VIEW, post=Perm.ORG_UPDATE)
-def settings_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
-    """Everyone reads the settings; owners and admins change the name and time zone here."""
-    if request.method != "POST":
-        return render_page(request, access)
-    form = OrganizationSettingsForm(request.POST)
+def _save_organization(
+    request: HttpRequest, access: OrgAccess, form: APIForm, *, page: Callable[..., HttpResponse], saved: str
+) -> HttpResponse:
+    """PATCH the organization through its API view with one of the page's forms; ``page`` re-renders it."""
     slug = access.organization.slug
     return submit(
         request,
         OrganizationDetailView,
         method="PATCH",
         form=form,
-        page=partial(render_page, request, access, org_form=form),
-        success=lambda _: done(request, "Organization settings saved.", "console-settings", slug),
+        page=page,
+        success=lambda _: done(request, saved, "console-settings", slug),
         org=slug,
     )
+
+
+@org_page(Perm.ORG_VIEW, post=Perm.ORG_UPDATE)
+def settings_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
+    """Everyone reads the settings; owners and admins change the name and time zone here."""
+    if request.method != "POST":
+        return render_page(request, access)
+    form = OrganizationSettingsForm(request.POST)
+    page = partial(render_page, request, access, org_form=form)
+    return _save_organization(request, access, form, page=page, saved="Organization settings saved.")
 
 
 @org_page(Perm.ORG_VIEW, post=Perm.ORG_UPDATE)
@@ -119,16 +134,18 @@ def pii_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
     if request.method != "POST":
         return redirect("console-settings", access.organization.slug)
     form = PIIPolicyForm(request.POST, organization=access.organization)
-    slug = access.organization.slug
-    return submit(
-        request,
-        OrganizationDetailView,
-        method="PATCH",
-        form=form,
-        page=partial(render_page, request, access, pii_form=form),
-        success=lambda _: done(request, "PII policy saved.", "console-settings", slug),
-        org=slug,
-    )
+    page = partial(render_page, request, access, pii_form=form)
+    return _save_organization(request, access, form, page=page, saved="PII policy saved.")
+
+
+@org_page(Perm.ORG_VIEW, post=Perm.ORG_UPDATE)
+def cache_and_log_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
+    """The response cache's lifetime and the request log (on or off, and how long bodies are kept)."""
+    if request.method != "POST":
+        return redirect("console-settings", access.organization.slug)
+    form = CacheAndLogSettingsForm(request.POST, organization=access.organization)
+    page = partial(render_page, request, access, cache_form=form)
+    return _save_organization(request, access, form, page=page, saved="Cache and request log settings saved.")
 
 
 def byok_provider(slug: str) -> Provider:
@@ -183,6 +200,7 @@ def credential_delete_page(request: HttpRequest, access: OrgAccess, provider: st
 urlpatterns: list[URLPattern] = [
     path("<slug:org>/settings/", settings_page, name="console-settings"),
     path("<slug:org>/settings/pii/", pii_page, name="console-settings-pii"),
+    path("<slug:org>/settings/cache-and-log/", cache_and_log_page, name="console-settings-cache-log"),
     path("<slug:org>/settings/credentials/<slug:provider>/", credential_page, name="console-credential"),
     path(
         "<slug:org>/settings/credentials/<slug:provider>/delete/",

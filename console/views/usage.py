@@ -1,4 +1,5 @@
-"""Console pages: the usage explorer (filters, totals per group, the raw records, and their CSV export).
+"""Console pages: the usage explorer (filters, totals per group, the raw records, and their CSV export),
+and one record's kept request and response bodies for the roles that may read them.
 
 The filters mean what the usage API's do: dates are UTC days, ``until``
 included, so the export link (the API's own ``usage-export`` view, with the
@@ -7,6 +8,7 @@ same parameters) gives exactly the records the page lists.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -14,7 +16,7 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.core.paginator import Page, Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import render
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -23,6 +25,7 @@ from accounts.models import Organization
 from accounts.permissions import Perm
 from accounts.selectors import api_keys_for_org, teams_for_org
 from billing.models import UsageStatus
+from billing.request_log import request_log_for_usage, request_logged_usage_ids
 from billing.selectors import RecordsAgedOut, UsageQuery, UsageTotals, usage_summary
 
 from .. import selectors
@@ -164,6 +167,11 @@ def usage_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
         form.cleaned_data.get("page") or 1
     )
     export = reverse("usage-export", args=[organization.slug])
+    logged = (
+        request_logged_usage_ids(organization=organization, usage_ids=(record.pk for record in rows.object_list))
+        if access.can(Perm.REQUEST_LOG_VIEW)
+        else set()
+    )
     base = {**params, "group_by": group_by}
     context.update(
         group_by=group_by,
@@ -171,6 +179,7 @@ def usage_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
         groups=[_row(form.group_label(group_by, keys[group_by]), totals) for keys, totals in summary.groups],
         totals=_row("Total", summary.totals),
         page=rows,
+        logged=logged,
         export_url=f"{export}?{urlencode(params)}",
         previous_url=f"?{urlencode({**base, 'page': rows.previous_page_number()})}" if rows.has_previous() else "",
         next_url=f"?{urlencode({**base, 'page': rows.next_page_number()})}" if rows.has_next() else "",
@@ -179,6 +188,29 @@ def usage_page(request: HttpRequest, access: OrgAccess) -> HttpResponse:
     return render(request, "console/usage/page.html", context)
 
 
+def pretty_json(body: object) -> str:
+    return json.dumps(body, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+@org_page(Perm.REQUEST_LOG_VIEW)
+def usage_bodies_page(request: HttpRequest, access: OrgAccess, usage_id: int) -> HttpResponse:
+    """One usage record's kept bodies; 404 for another organization's record or one without bodies."""
+    log = request_log_for_usage(organization=access.organization, usage_id=usage_id)
+    if log is None:
+        raise Http404("No bodies are kept for this record.")
+    if request.method != "GET":
+        return HttpResponseNotAllowed(["GET"])
+    context = access.context(
+        record=log.usage,
+        log=log,
+        request_json=pretty_json(log.request_body),
+        response_json=pretty_json(log.response_body) if log.response_body is not None else "",
+        retention_days=access.organization.request_log_retention_days,
+    )
+    return render(request, "console/usage/bodies.html", context)
+
+
 urlpatterns: list[URLPattern] = [
     path("<slug:org>/usage/", usage_page, name="console-usage"),
+    path("<slug:org>/usage/<int:usage_id>/bodies/", usage_bodies_page, name="console-usage-bodies"),
 ]

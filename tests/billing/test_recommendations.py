@@ -86,6 +86,7 @@ class Ledger:
         ago: timedelta = timedelta(days=2),
         status: str = UsageStatus.OK,
         key: APIKey | None = None,
+        cache_hit: bool = False,
     ) -> UsageRecord:
         self.count += 1
         owner = key or self.key
@@ -103,6 +104,7 @@ class Ledger:
             http_status=200 if status == UsageStatus.OK else 502,
             complexity=complexity,
             request_fingerprint=fingerprint,
+            cache_hit=cache_hit,
             created_at=NOW - ago - timedelta(minutes=self.count),
         )
 
@@ -123,7 +125,11 @@ def ledger(acme: None, key: APIKey, outsider: User) -> Ledger:
     # On acme-premium ($10/$30): a simple one (1k in, 1k out: $0.04) and a hard one (10k, 10k: $0.40).
     book.add("acme-premium", "0.04", input_tokens=1_000, output_tokens=1_000, complexity=0.2)
     book.add("acme-premium", "0.40", input_tokens=10_000, output_tokens=10_000, complexity=0.9)
-    # Left out: failures, usage before the window, and another organization's usage.
+    # Left out: answers from the response cache ($0, however often repeated), failures, usage before the
+    # window, and another organization's usage.
+    for _ in range(2):
+        book.add("acme-standard", "0", input_tokens=10_000, output_tokens=2_000, complexity=HARD,
+                 fingerprint="a" * 64, cache_hit=True)  # fmt: skip
     book.add("acme-standard", "5", input_tokens=50_000, output_tokens=0, complexity=SIMPLE, status=UsageStatus.ERROR)
     book.add("acme-standard", "5", input_tokens=50_000, output_tokens=5_000, complexity=SIMPLE, ago=timedelta(days=31))
     theirs = issue_key(outsider.memberships.get().organization, created_by=outsider).api_key

@@ -33,7 +33,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from accounts import services as accounts_services
 from accounts.api import OrganizationScopedView
 from accounts.models import APIKey, Invitation, KeyScope, Membership, Organization, Role, Team, User
-from billing.models import Budget, Notification, UsageRecord, UsageStatus
+from billing.models import Budget, Notification, RequestLog, UsageRecord, UsageStatus
 from providers.models import Provider
 from providers.services import provider_credential_set
 from tests.factories import MembershipFactory, OrganizationFactory, TeamFactory, UserFactory, issue_key
@@ -236,6 +236,21 @@ def _invitation(world: World) -> str:
     return str(issued.invitation.pk)
 
 
+def _usage_with_bodies(world: World) -> str:
+    # A record whose request log holds the tenant's label, so a page that shows another tenant's bodies is caught.
+    key = APIKey.objects.get(organization=world.organization, name=f"{world.label} key:proxy")
+    record = UsageRecord.objects.create(
+        request_id=f"req_{world.label}_logged", organization=world.organization, api_key=key, model="gpt-4o-mini",
+        provider="openai", status=UsageStatus.OK, http_status=200, created_at=timezone.now() - timedelta(minutes=5),
+    )  # fmt: skip
+    RequestLog.objects.create(
+        usage=record, organization=world.organization, created_at=record.created_at,
+        request_body={"messages": [{"role": "user", "content": f"question from {world.label}"}]},
+        response_body={"choices": [{"message": {"role": "assistant", "content": f"answer for {world.label}"}}]},
+    )  # fmt: skip
+    return str(record.pk)
+
+
 ID_FACTORIES: dict[str, IdFactory] = {
     "key_id": IdFactory(_key, APIKey),
     "budget_id": IdFactory(_budget, Budget),
@@ -244,6 +259,7 @@ ID_FACTORIES: dict[str, IdFactory] = {
     "team_id": IdFactory(_team, Team),
     "membership_id": IdFactory(_membership, Membership),
     "invitation_id": IdFactory(_invitation, Invitation),
+    "usage_id": IdFactory(_usage_with_bodies, UsageRecord),
 }
 
 
@@ -296,6 +312,7 @@ CALLS: dict[tuple[str, str], Call] = {
     ("credential-detail", "DELETE"): Call(ok=204),
     ("usage", "GET"): Call(query="group_by=api_key,team,user,model"),
     ("usage-export", "GET"): Call(shows_own_rows=True),
+    ("usage-bodies", "GET"): Call(),
     ("budget-list", "GET"): Call(shows_own_rows=True),
     ("budget-list", "POST"): Call(
         body=lambda w: {"name": f"{w.label} daily", "scope": "organization", "period": "daily", "limit_usd": "5"},

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
+from django.conf import settings
+from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from accounts.models import APIKey, Organization, Team, User
@@ -114,12 +116,12 @@ async def test_a_store_outage_follows_the_setting_and_is_counted(
 
     monkeypatch.setattr(ratelimit.MemoryMeters, "check", broken)
     monkeypatch.setattr(ratelimit.RedisMeters, "check", broken)
-    before = ratelimit.store_failures
+    before = store_errors()
 
     reply = await post(chat(max_tokens=16), key=key)
 
     assert reply.status == status
-    assert ratelimit.store_failures == before + 1
+    assert store_errors() == before + 1
     if status == 503:
         assert reply.error["code"] == "rate_limit_unavailable"
 
@@ -156,3 +158,9 @@ def test_three_times_the_limit_across_two_processes_admits_at_most_the_limit(
     for process in (0, 1):
         served = [r for i, r in enumerate(replies) if i % 2 == process]
         assert {r.headers["x-ratelimit-limit-requests"] for r in served} == {str(limit)}
+
+
+def store_errors() -> float:
+    store = "redis" if settings.REDIS_URL else "memory"
+    labels = {"store": store, "operation": "rate_limit"}
+    return REGISTRY.get_sample_value("muxer_store_errors_total", labels) or 0.0

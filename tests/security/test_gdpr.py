@@ -25,7 +25,16 @@ from accounts.models import APIKey, Invitation, KeyScope, Membership, Organizati
 from audit.chain import chain_verify
 from audit.models import AuditEvent
 from audit.services import audit_event_record
-from billing.models import Budget, BudgetAlert, BudgetPeriod, BudgetScope, Notification, UsageRecord, UsageRollup
+from billing.models import (
+    Budget,
+    BudgetAlert,
+    BudgetPeriod,
+    BudgetScope,
+    Notification,
+    RequestLog,
+    UsageRecord,
+    UsageRollup,
+)
 from providers.models import Provider, ProviderCredential
 from routing.models import Feedback, TrainedRouter
 from tests.conftest import Tenant
@@ -77,11 +86,14 @@ def owned(tenant: Tenant, catalog: None) -> Owned:
     Notification.objects.create(organization=org, kind="budget_alert", title="80% of monthly")
     Feedback.objects.create(organization=org, api_key=issued.api_key, request_id="req_fb", rating=4)
     TrainedRouter.objects.create(organization=org, version="v1", weights=b"\x00secret-weights\x00")
-    UsageRecord.objects.create(
+    usage = UsageRecord.objects.create(
         request_id="req_1", organization=org, api_key=issued.api_key, team=team, user=owner, model="gpt-4o-mini",
         provider="openai", input_tokens=10, output_tokens=5, cost_usd=Decimal("0.0001250000"), status="ok",
         http_status=200, created_at=timezone.now(),
     )  # fmt: skip
+    RequestLog.objects.create(
+        usage=usage, organization=org, created_at=usage.created_at, request_body={"messages": []}, response_body=None
+    )
     UsageRollup.objects.create(
         day=date(2026, 3, 10), organization=org, team_id=team.pk, api_key_id=issued.api_key.pk, model="gpt-4o-mini",
         provider="openai", requests=1, cost_usd=Decimal("0.0001250000"),

@@ -1,0 +1,166 @@
+"""Liveness does no I/O; readiness asks the database, Redis, the broker and the breakers, and says which failed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.db import OperationalError
+from django.test import Client
+from pytest_django.fixtures import DjangoAssertNumQueries
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from muxer_project import health
+from muxer_project import redis as muxer_redis
+from providers.catalog import get_catalog_sync
+from providers.models import Model
+from providers.resilience import breaker
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.django_db
+
+
+def ready(client: Client) -> tuple[int, dict[str, Any]]:
+    response = client.get("/readyz")
+    return response.status_code, response.json()
+
+
+def test_liveness_answers_without_touching_the_database_or_the_network(
+    client: Client, django_assert_num_queries: DjangoAssertNumQueries, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_network(*args: object) -> None:
+        raise AssertionError("liveness opened a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with django_assert_num_queries(0):
+        response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readiness_on_the_embedded_default_checks_everything_and_passes(client: Client, catalog: None) -> None:
+    status, body = ready(client)
+
+    assert status == 200
+    assert body["status"] == "ok"
+    assert set(body["checks"]) == {"database", "redis", "broker", "providers"}
+    assert all(check["status"] == "ok" for check in body["checks"].values())
+    assert body["checks"]["providers"]["detail"].endswith("models' circuits closed")
+
+
+def test_a_failing_database_is_reported_and_the_provider_check_waits_for_it(
+    client: Client, catalog: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(health.connection, "cursor", refused)
+
+    status, body = ready(client)
+
+    assert status == 503
+    assert body["status"] == "unavailable"
+    database = body["checks"]["database"]
+    assert (database["status"], database["detail"]) == ("failing", "OperationalError")
+    assert body["checks"]["providers"]["detail"] == "needs the database"
+
+
+def test_every_circuit_open_makes_the_instance_unready(
+    client: Client, catalog: None, settings: SettingsWrapper
+) -> None:
+    settings.MUXER_BREAKER_FAILURE_THRESHOLD = 1
+    Model.objects.exclude(name="fake-small").update(enabled=False)
+    model = get_catalog_sync().get("fake-small")
+    assert model is not None
+    assert ready(client)[0] == 200
+
+    async_to_sync(breaker.record)(model, ok=False)
+
+    status, body = ready(client)
+    assert status == 503
+    providers = body["checks"]["providers"]
+    assert (providers["status"], providers["detail"]) == ("failing", "every circuit is open")
+    assert body["circuits"] == {"fake/fake-small": "open"}
+
+
+# --- a real Redis of the test's own, stopped and frozen -------------------------------------------
+
+
+@pytest.fixture
+def private_redis(settings: SettingsWrapper, tmp_path: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A redis-server on a free port, used as the cache store and the broker; the shared clients are put back."""
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(
+        [*command, "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("redis-server did not start")
+        time.sleep(0.05)
+    url = f"redis://127.0.0.1:{port}/0"
+    saved_client = muxer_redis._sync_client
+    muxer_redis._sync_client = None
+    settings.REDIS_URL = url
+    settings.CELERY_BROKER_URL = url
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    settings.MUXER_READY_TIMEOUT_SECONDS = 0.5
+    health._probe_client.cache_clear()
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+            process.kill()
+        process.wait(timeout=10)
+        muxer_redis._sync_client = saved_client
+        health._probe_client.cache_clear()
+
+
+@pytest.mark.parametrize("stop", ["terminated", "frozen"])
+def test_a_stopped_redis_is_reported_within_the_timeout_and_recovery_is_seen(
+    client: Client, catalog: None, private_redis: subprocess.Popen[bytes], stop: str
+) -> None:
+    status, body = ready(client)
+    assert status == 200, body
+    assert body["checks"]["redis"]["detail"] == "pong"
+    assert body["checks"]["broker"]["detail"] == "pong"
+
+    if stop == "terminated":
+        private_redis.terminate()
+        private_redis.wait(timeout=10)
+    else:
+        os.kill(private_redis.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    status, body = ready(client)
+    took = time.monotonic() - started
+
+    assert status == 503
+    assert body["status"] == "unavailable"
+    assert body["checks"]["redis"]["status"] == "failing"
+    assert body["checks"]["broker"]["status"] == "failing"
+    assert body["checks"]["redis"]["detail"] in ("ConnectionError", "TimeoutError")
+    assert body["checks"]["database"]["status"] == "ok"
+    assert body["checks"]["providers"]["detail"] == "needs Redis"
+    # Each store check gives up after MUXER_READY_TIMEOUT_SECONDS (0.5 s) rather than hanging the probe.
+    assert took < 5
+
+    if stop == "frozen":
+        os.kill(private_redis.pid, signal.SIGCONT)
+        status, body = ready(client)
+        assert status == 200, body
