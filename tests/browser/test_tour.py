@@ -11,7 +11,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
 from accounts.management.commands.demo_setup import demo_usage_create
 from accounts.models import Organization, User
-from billing.models import BudgetPeriod, BudgetScope
+from billing.models import BudgetPeriod, BudgetScope, RequestLog, UsageRecord
 from billing.services import budget_create
 from tests.factories import UserFactory
 
@@ -59,6 +59,15 @@ def busy_org(live: LiveServer) -> tuple[User, Organization]:
     owner, organization = owner_with_org()
     new_key(organization, owner, name="backend")
     demo_usage_create(organization=organization, user=owner)
+    # One record with kept bodies, for the request log's page.
+    record = UsageRecord.objects.filter(organization=organization).latest("created_at")
+    RequestLog.objects.create(
+        usage=record,
+        organization=organization,
+        request_body={"model": record.model, "messages": [{"role": "user", "content": "Mail [EMAIL_1] the report"}]},
+        response_body={"choices": [{"message": {"role": "assistant", "content": "Sent to [EMAIL_1]."}}]},
+        created_at=record.created_at,
+    )
     budget_create(
         organization=organization, actor=owner, scope=BudgetScope.ORGANIZATION, period=BudgetPeriod.MONTHLY,
         limit_usd=Decimal("500"), name="monthly cap",
@@ -78,6 +87,13 @@ def test_every_console_page_renders_cleanly(page: Page, errors: list[str], busy_
             expect(page.locator("#spend-chart")).to_be_visible()
             expect(page.locator("#spend-chart rect").first).to_be_attached()
         screenshot(page, f"console-{name}")
+    record = UsageRecord.objects.get(organization=organization, request_log__isnull=False)
+    response = page.goto(f"/console/{organization.slug}/usage/{record.pk}/bodies/")
+    assert response is not None
+    assert response.status == 200
+    expect(page.locator("nav.sidenav a[aria-current=page]")).to_have_count(1)
+    expect(page.get_by_text("Mail [EMAIL_1] the report")).to_be_visible()
+    screenshot(page, "console-usage-bodies")
 
 
 def test_the_console_fits_a_phone(chromium: Browser, live: LiveServer, busy_org: tuple[User, Organization]) -> None:
