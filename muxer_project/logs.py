@@ -14,9 +14,11 @@ avoids logging such values in the first place; the scrubber is the net under it.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -25,7 +27,8 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
-access = structlog.get_logger("muxer.access")
+ACCESS_LOGGER = "muxer.access"
+_access = logging.getLogger(ACCESS_LOGGER)
 
 _SCRUBBED = (
     # ModelMuxer API keys and invitation tokens (a key's 16-character lookup prefix alone is not secret).
@@ -34,7 +37,7 @@ _SCRUBBED = (
     (re.compile(r"\b(?:sk|gsk)[-_][A-Za-z0-9_\-]{16,}"), "[provider-key]"),
     (re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"), "[provider-key]"),
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]+"), "[jwt]"),
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/\-]{8,}=*"), r"\1 [credential]"),
+    (re.compile(r"(?i:\b(bearer|basic))\s+[A-Za-z0-9._~+/\-]{8,}=*"), r"\1 [credential]"),
     (re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"), "[email]"),
     # 13-19 digits, optionally grouped by spaces or dashes: card numbers and the like.
     (re.compile(r"\b(?:\d[ \-]?){12,18}\d\b"), "[number]"),
@@ -43,7 +46,14 @@ _SCRUBBED = (
 )
 
 
+# One pass that finds whether any of the patterns matches: most values (ids, names, numbers) match none,
+# and a line is written per request.
+_ANY = re.compile("|".join(f"(?:{pattern.pattern})" for pattern, _ in _SCRUBBED))
+
+
 def scrub_text(text: str) -> str:
+    if len(text) < 6 or _ANY.search(text) is None:
+        return text
     for pattern, replacement in _SCRUBBED:
         text = pattern.sub(replacement, text)
     return text
@@ -59,11 +69,20 @@ def _scrub_value(value: Any) -> Any:
     return value
 
 
+# Fields whose values the gateway itself produces from a fixed vocabulary or an id format; scrubbing them
+# would only cost time on every line.
+_SAFE_FIELDS = frozenset(
+    {"timestamp", "level", "logger", "request_id", "endpoint", "method", "route", "model", "provider", "strategy",
+     "cache", "key_prefix"}
+)  # fmt: skip
+
+
 def scrub(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: scrub every string value (the message, fields, a formatted traceback)."""
     event.pop("color_message", None)  # uvicorn's copy of the message with terminal colours
     for key, value in event.items():
-        event[key] = _scrub_value(value)
+        if key not in _SAFE_FIELDS:
+            event[key] = _scrub_value(value)
     return event
 
 
@@ -78,6 +97,32 @@ SHARED_PROCESSORS: list[Any] = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     structlog.stdlib.ExtraAdder(),
 ]
+
+
+class StructuredFormatter(structlog.stdlib.ProcessorFormatter):
+    """structlog's formatter, with a short path for the access log's line.
+
+    That line is written once per request on the proxy's hot path, and its
+    fields are the gateway's own (ids, names, numbers): it is rendered directly
+    as the same JSON the processor chain would make, about five times faster.
+    Only its free-text fields are scrubbed.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "access", None)
+        if record.name != ACCESS_LOGGER or not isinstance(fields, dict):
+            return super().format(record)
+        line = {
+            key: scrub_text(value) if key in ("route_reason", "error_code") and isinstance(value, str) else value
+            for key, value in fields.items()
+        }
+        line.update(
+            event=record.getMessage(),
+            level=record.levelname.lower(),
+            logger=record.name,
+            timestamp=datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+        )
+        return _dumps(line)
 
 
 def logging_config(*, level: str, json: bool) -> dict[str, Any]:
@@ -100,7 +145,7 @@ def logging_config(*, level: str, json: bool) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {
             "structured": {
-                "()": structlog.stdlib.ProcessorFormatter,
+                "()": StructuredFormatter if json else structlog.stdlib.ProcessorFormatter,
                 "foreign_pre_chain": SHARED_PROCESSORS,
                 "processors": [
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -131,8 +176,12 @@ def logging_config(*, level: str, json: bool) -> dict[str, Any]:
 
 
 def access_line(**fields: Any) -> None:
-    """The request's one access-log line. Fields that are None are left out."""
-    access.info("request", **{key: value for key, value in fields.items() if value is not None})
+    """The request's one access-log line. Fields that are None are left out.
+
+    The fields travel as one extra (``access``), which :class:`StructuredFormatter` renders directly.
+    """
+    if _access.isEnabledFor(logging.INFO):
+        _access.info("request", extra={"access": {key: value for key, value in fields.items() if value is not None}})
 
 
 class AccessLogMiddleware:
@@ -169,6 +218,7 @@ class AccessLogMiddleware:
         match = request.resolver_match
         kwargs = match.kwargs if match is not None else {}
         access_line(
+            request_id=_request_id(),
             method=request.method,
             route="/" + match.route if match is not None else "<unmatched>",
             status=response.status_code,

@@ -254,6 +254,7 @@ class GatewayConsumer(AsyncConsumer):
         if self.cache_result != "off":
             metrics.cache_requests.labels(org, self.cache_result).inc()
         access_line(
+            request_id=self.request_id,
             endpoint=endpoint,
             method=self.scope["method"],
             status=status,
