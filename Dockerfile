@@ -30,4 +30,9 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/healthz', timeout=2)"
 
 # The workers share PROMETHEUS_MULTIPROC_DIR so /metrics adds up all of them; it starts empty with the container.
-CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn muxer_project.asgi:application --host 0.0.0.0 --port $PORT --workers $WEB_CONCURRENCY --loop uvloop --http httptools --proxy-headers --forwarded-allow-ips='*' --no-access-log"]
+# muxer_project.serve is uvicorn (with its --workers supervisor) plus a graceful stop: on SIGTERM each worker turns
+# unready, serves MUXER_SHUTDOWN_DRAIN_SECONDS more, then lets requests in flight finish for up to
+# MUXER_SHUTDOWN_GRACE_SECONDS and records their usage. Give the container longer than both before SIGKILL
+# (`docker stop -t 30`, compose `stop_grace_period: 30s`, Kubernetes `terminationGracePeriodSeconds: 30`).
+STOPSIGNAL SIGTERM
+CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec python -m muxer_project.serve --host 0.0.0.0 --port $PORT --workers $WEB_CONCURRENCY --loop uvloop --http httptools --proxy-headers --forwarded-allow-ips='*'"]

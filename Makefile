@@ -8,7 +8,7 @@ FAKE_UPSTREAM_ADDR ?= 127.0.0.1:9100
 
 export HOST PORT FAKE_UPSTREAM_ADDR
 
-.PHONY: run test install install-dev lint bench clean chromium promtool
+.PHONY: run test install install-dev lint bench soak clean chromium promtool
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ lint: install-dev
 
 bench: install-dev
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Sustained mixed load against the gateway, watching RSS and connections for a trend (bench/README.md).
+SOAK_MINUTES ?= 12
+soak: install-dev
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 .test-db.sqlite3 staticfiles

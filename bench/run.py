@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -560,18 +561,25 @@ def ensure_litellm() -> str:
     return version.stdout.strip()
 
 
-def demo_api_key() -> str:
-    """A well-formed ModelMuxer key (``mm_live_`` + 32 base62 + 6 base62 CRC32), fixed so reruns reuse it."""
-    override = os.environ.get("MUXER_DEMO_API_KEY")
-    if override:
-        return override
-    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    body = "mm_live_" + "BenchLoadTestKey0000000000000001"
+KEY_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def well_formed_key(random_part: str) -> str:
+    """``mm_live_`` + the 32 base62 characters given + their 6 base62 CRC32 characters."""
+    body = "mm_live_" + random_part
     number, check = zlib.crc32(body.encode()), []
     for _ in range(6):
         number, rem = divmod(number, 62)
-        check.append(alphabet[rem])
+        check.append(KEY_ALPHABET[rem])
     return body + "".join(reversed(check))
+
+
+def demo_api_key() -> str:
+    """A well-formed ModelMuxer key, fixed so reruns reuse it."""
+    override = os.environ.get("MUXER_DEMO_API_KEY")
+    if override:
+        return override
+    return well_formed_key("BenchLoadTestKey0000000000000001")
 
 
 def flush_redis_db(url: str) -> None:
@@ -994,6 +1002,22 @@ def print_report(
         print(f"FAILED {name}: {message}")
 
 
+def hold_bench_lock() -> IO[str]:
+    """Refuse to start while another bench or soak run is going: they share muxer_bench and Redis db 5,
+    and each flushes that Redis database when it starts. The lock lasts as long as the returned file."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    handle = (RESULTS_DIR / ".lock").open("a+")  # not "w": the holder's pid stays readable
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SystemExit("another bench/run.py or bench/soak.py run is in progress (bench/results/.lock)") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def git_head() -> str:
     done = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
@@ -1039,6 +1063,7 @@ def terminate_on_signals() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _lock = hold_bench_lock()  # held until the process exits
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_dir = RESULTS_DIR / f"{stamp}-logs"
     bench = Bench(args, log_dir)

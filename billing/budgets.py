@@ -10,9 +10,15 @@ died expires after ``MUXER_BUDGET_RESERVATION_SECONDS`` and its amount is
 released by the next reservation that runs.
 
 The PostgreSQL usage ledger is the truth: a counter that is missing (first
-use in a period, or Redis lost its data) is rebuilt from the ledger before
-the reservation, and the ``budget_counters_reconcile`` task corrects drift.
-Without Redis (the embedded default) the same logic runs in process memory.
+use in a period, or Redis lost its data) is rebuilt from the ledger (plus the
+usage still queued on the stream) before the reservation, and the
+``budget_counters_reconcile`` task corrects drift. Without Redis (the
+embedded default) the same logic runs in process memory.
+
+While Redis is down (``muxer_project/outage.py``), reservations are checked
+against the ledger by each process (:class:`LedgerCounters`), and what could
+not be told to Redis is kept (:class:`Unrecorded`) and told to it before the
+process uses it again (``_recover_counters``).
 
 The worst case is a true upper bound, so spend cannot pass a hard limit: the
 prompt counts one token per byte (no tokenizer yields more), and the answer
@@ -22,6 +28,7 @@ provider, else the model's maximum output).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -35,14 +42,18 @@ from typing import Any
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from django.db.models import Q, Sum
 
 from muxer_project.cached_loader import CachedLoader
 from muxer_project.errors import APIError
+from muxer_project.redis import REDIS_ERRORS, redis_state
+from muxer_project.singleflight import SingleFlight
 from providers.catalog import CatalogModel
 
 from .models import Budget, BudgetPeriod, BudgetScope, UsageRecord
+
+logger = logging.getLogger(__name__)
 
 UNITS_PER_USD = 10**10
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -199,8 +210,74 @@ def ledger_filter(rule: BudgetRule, start: datetime, end: datetime | None) -> Q:
 
 
 def ledger_spent_units(rule: BudgetRule, start: datetime, end: datetime | None) -> int:
+    return to_units(_ledger_total(rule, start, end))
+
+
+def _ledger_total(rule: BudgetRule, start: datetime, end: datetime | None) -> Decimal:
     total = UsageRecord.objects.filter(ledger_filter(rule, start, end)).aggregate(total=Sum("cost_usd"))["total"]
-    return to_units(total or Decimal(0))
+    return total or Decimal(0)
+
+
+# The most usage events read off the stream to count what is on its way to the ledger.
+_QUEUED_SCAN_LIMIT = 10_000
+_LEDGER_PLACES = Decimal("1e-10")
+
+
+def queued_usage() -> list[dict[str, Any]] | None:
+    """Usage events on the Redis stream whose rows are not in the ledger yet (None: more than can be read).
+
+    Read it before summing the ledger: an event written in between then counts
+    twice (too much, until the next reconcile), never not at all.
+    """
+    if not settings.REDIS_URL:
+        return []
+    from muxer_project.redis import sync_redis
+
+    client = sync_redis()
+    stream = settings.MUXER_USAGE_STREAM
+    if int(client.xlen(stream)) > _QUEUED_SCAN_LIMIT:
+        return None
+    events: list[dict[str, Any]] = []
+    after = "-"
+    while True:
+        batch: Any = client.xrange(stream, min=after, count=1000)
+        events.extend(orjson.loads(fields[b"e"]) for _id, fields in batch if b"e" in fields)
+        if len(batch) < 1000:
+            break
+        after = "(" + batch[-1][0].decode()
+    request_ids = sorted({event["request_id"] for event in events})
+    written: set[tuple[str, int]] = set()
+    for at in range(0, len(request_ids), 1000):
+        rows = UsageRecord.objects.filter(request_id__in=request_ids[at : at + 1000])
+        written.update(rows.values_list("request_id", "attempt"))
+    return [event for event in events if (event["request_id"], event.get("attempt", 1)) not in written]
+
+
+def _counts_toward(rule: BudgetRule, event: dict[str, Any], start: datetime, end: datetime | None) -> bool:
+    """``ledger_filter`` for a usage event not written yet."""
+    created = event["created_at"]
+    if event["organization_id"] != rule.organization_id or created < start.timestamp():
+        return False
+    if end is not None and created >= end.timestamp():
+        return False
+    owner = {
+        BudgetScope.TEAM: event["team_id"],
+        BudgetScope.API_KEY: event["api_key_id"],
+        BudgetScope.USER: event["user_id"],
+    }.get(BudgetScope(rule.scope))
+    if rule.scope != BudgetScope.ORGANIZATION and owner != rule.target_id:
+        return False
+    return not rule.model or event["model"] == rule.model
+
+
+def settled_units(rule: BudgetRule, start: datetime, end: datetime | None, queued: list[dict[str, Any]]) -> int:
+    """What the budget's period has settled: the ledger's sum plus the ``queued`` usage (``queued_usage``,
+    read first) it counts."""
+    total = _ledger_total(rule, start, end)
+    for event in queued:
+        if _counts_toward(rule, event, start, end):
+            total += Decimal(event["cost_usd"]).quantize(_LEDGER_PLACES)
+    return to_units(total)
 
 
 # --- counters: Redis, or process memory --------------------------------------------------
@@ -273,11 +350,45 @@ return out
 _INIT = """
 if redis.call('HSETNX', KEYS[1], 'spent', ARGV[1]) == 1 then
   redis.call('HSETNX', KEYS[1], 'reserved', 0)
+  local built = tonumber(ARGV[3] or '0')
+  if built == 0 then
+    local clock = redis.call('TIME')
+    built = clock[1] * 10 + math.floor(clock[2] / 100000)
+  end
+  redis.call('HSET', KEYS[1], 'built', built)
   if tonumber(ARGV[2]) > 0 then
     redis.call('EXPIREAT', KEYS[1], ARGV[2])
   end
+  return 1
 end
-return 1
+return 0
+"""
+
+
+_ADD = """
+if redis.call('HEXISTS', KEYS[1], 'spent') == 1 then
+  return redis.call('HINCRBY', KEYS[1], 'spent', ARGV[1])
+end
+return false
+"""
+
+# A settlement Redis may or may not have run (sent, then no answer): run it only if its hold is still there.
+_SETTLE_IF_HELD = "if redis.call('EXISTS', KEYS[2]) == 0 then return false end\n" + _SETTLE
+
+# Spend a process could not send while Redis was down, by the tenth of a second it was settled (ARGV: the
+# tenth, then the spend settled from then on, ascending). A counter built since (from a ledger read that
+# began at ``built``, in tenths of a second too, and so has the earlier spend) takes only what was settled
+# from then on; a missing one takes nothing.
+_ADD_MISSED = """
+if redis.call('HEXISTS', KEYS[1], 'spent') == 0 then return false end
+local built = tonumber(redis.call('HGET', KEYS[1], 'built') or '0')
+local before = redis.call('HGET', KEYS[1], 'spent')
+for i = 1, #ARGV, 2 do
+  if tonumber(ARGV[i]) >= built then
+    return {before, tostring(redis.call('HINCRBY', KEYS[1], 'spent', ARGV[i + 1]))}
+  end
+end
+return {before, before}
 """
 
 
@@ -355,7 +466,7 @@ class MemoryCounters:
                 out.append((before, counter["spent"]))
             return out
 
-    async def init(self, key: str, spent: int, expire_at: int) -> None:
+    async def init(self, key: str, spent: int, expire_at: int, built: int = 0) -> None:
         with self.lock:
             self.counters.setdefault(key, {"spent": spent, "reserved": 0})
 
@@ -363,9 +474,17 @@ class MemoryCounters:
         counter = self.counters.get(key)
         return None if counter is None else (counter["spent"], counter["reserved"])
 
-    def overwrite(self, key: str, spent: int, expire_at: int) -> None:
+    def build(self, key: str, spent: int, expire_at: int, built: int = 0) -> bool:
         with self.lock:
-            self.counters.setdefault(key, {"spent": 0, "reserved": 0})["spent"] = spent
+            if key in self.counters:
+                return False
+            self.counters[key] = {"spent": spent, "reserved": 0}
+            return True
+
+    def add_spent(self, key: str, delta: int) -> None:
+        with self.lock:
+            if key in self.counters:
+                self.counters[key]["spent"] += delta
 
     def forget(self) -> None:
         with self.lock:
@@ -410,10 +529,45 @@ class RedisCounters:
             out.append((int(float(before_s)), int(float(after_s))) if before_s else None)
         return out
 
-    async def init(self, key: str, spent: int, expire_at: int) -> None:
+    async def init(self, key: str, spent: int, expire_at: int, built: int = 0) -> None:
+        """Create the counter with ``spent`` unless it exists. ``built``: when the ledger was read for it, in
+        tenths of a second (0: now)."""
         from muxer_project.redis import async_redis
 
-        await async_redis().eval(_INIT, 1, key, spent, expire_at)
+        await async_redis().eval(_INIT, 1, key, spent, expire_at, built)
+
+    async def add(self, key: str, units: int) -> None:
+        from muxer_project.redis import async_redis
+
+        await async_redis().eval(_ADD, 1, key, units)
+
+    async def settle_if_held(self, rid: str, actuals: list[tuple[str, int]]) -> bool:
+        from muxer_project.redis import async_redis
+
+        keys = [_EXPIRY, _RESERVATION.format(rid), *(k for k, _ in actuals)]
+        return bool(await async_redis().eval(_SETTLE_IF_HELD, len(keys), *keys, rid, *(a for _, a in actuals)))
+
+    async def built(self, key: str) -> int:
+        """When the counter was last built, in tenths of a second (0: unknown or missing)."""
+        from muxer_project.redis import async_redis
+
+        return int(await async_redis().hget(key, "built") or 0)
+
+    def add_missed(self, key: str, by_tenth: dict[int, int]) -> tuple[int, int] | None:
+        """Add spend settled while Redis was down (see ``_ADD_MISSED``); the counter's spend before and after,
+        or None when it is missing."""
+        from muxer_project.redis import sync_redis
+
+        args: list[int] = []
+        left = sum(by_tenth.values())
+        for tenth in sorted(by_tenth):
+            args += [tenth, left]
+            left -= by_tenth[tenth]
+        raw = sync_redis().eval(_ADD_MISSED, 1, key, *args)
+        if not raw:
+            return None
+        before, after = (int(float(v.decode() if isinstance(v, bytes) else v)) for v in raw)
+        return before, after
 
     def read(self, key: str) -> tuple[int, int] | None:
         from muxer_project.redis import sync_redis
@@ -423,14 +577,18 @@ class RedisCounters:
             return None
         return int(raw[b"spent"]), int(raw.get(b"reserved", 0))
 
-    def overwrite(self, key: str, spent: int, expire_at: int) -> None:
+    def build(self, key: str, spent: int, expire_at: int, built: int = 0) -> bool:
+        """``init`` from a synchronous caller; whether it created the counter."""
+        from muxer_project.redis import sync_redis
+
+        return bool(sync_redis().eval(_INIT, 1, key, spent, expire_at, built))
+
+    def add_spent(self, key: str, delta: int) -> None:
         from muxer_project.redis import sync_redis
 
         client = sync_redis()
-        client.hset(key, "spent", spent)
-        client.hsetnx(key, "reserved", 0)
-        if expire_at > 0:
-            client.expireat(key, expire_at)
+        if client.hexists(key, "spent"):
+            client.hincrby(key, "spent", delta)
 
     def forget(self) -> None:
         from muxer_project.redis import sync_redis
@@ -452,6 +610,263 @@ def counters() -> MemoryCounters | RedisCounters:
 def _expire_at(period_end: datetime | None) -> int:
     # Old periods' counters are kept a week past their end, for reports; lifetime counters never expire.
     return 0 if period_end is None else int((period_end + timedelta(days=7)).timestamp())
+
+
+# --- while Redis is down ---------------------------------------------------------------------
+
+# A request's usage row reaches the ledger moments after it is settled (during an outage it is written
+# directly). Its cost is counted from this process's memory until a ledger read that began this long after
+# the settlement, so it is never missed; meanwhile it may count twice, which can only refuse earlier.
+_UNWRITTEN_SECONDS = 10.0
+
+Window = tuple[BudgetRule, datetime, datetime | None]
+# Per counter key: its budget and period, and spend by the tenth of a second it was settled.
+Missed = dict[str, tuple[Window, dict[int, int]]]
+
+
+class LedgerCounters:
+    """Budgets held against the PostgreSQL ledger while Redis is down, by this process alone.
+
+    A budget's spend is the ledger's sum for its period (re-read at most every
+    ``MUXER_BUDGET_LEDGER_REFRESH_SECONDS``), plus what this process settled that
+    the ledger may not have yet, plus this process's holds for requests in flight.
+    Other processes' requests in flight are not seen, nor usage events still on
+    the Redis stream: that is how far an outage can overrun a hard budget.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.readings: dict[str, tuple[float, int]] = {}  # counter key -> (when the read began, units)
+        self.recent: dict[str, list[tuple[float, int]]] = {}  # counter key -> [(settled at, units)]
+        self.held: dict[str, int] = {}
+        self.reservations: dict[str, dict[str, int]] = {}
+        self._flights = SingleFlight()
+
+    async def _read(self, entry: Entry) -> None:
+        reading = self.readings.get(entry.key)
+        if reading is not None and time.monotonic() - reading[0] < settings.MUXER_BUDGET_LEDGER_REFRESH_SECONDS:
+            return
+
+        async def read() -> None:
+            began = time.monotonic()
+            units = await sync_to_async(_ledger_in_worker, thread_sensitive=False)(
+                entry.rule, entry.period_start, entry.period_end
+            )
+            with self.lock:
+                self.readings[entry.key] = (began, units)
+                horizon = began - _UNWRITTEN_SECONDS
+                self.recent[entry.key] = [(at, u) for at, u in self.recent.get(entry.key, ()) if at >= horizon]
+
+        await self._flights.run(("budget-ledger", entry.key), read)
+
+    def _used(self, key: str) -> int:
+        began, units = self.readings[key]
+        horizon = began - _UNWRITTEN_SECONDS
+        return units + sum(u for at, u in self.recent.get(key, ()) if at >= horizon) + self.held.get(key, 0)
+
+    async def reserve(self, rid: str, entries: list[Entry]) -> Outcome:
+        for entry in entries:
+            await self._read(entry)
+        with self.lock:
+            tightest: int | None = None
+            for index, entry in enumerate(entries):
+                used = self._used(entry.key)
+                left = entry.rule.limit_units - used - entry.amount
+                if entry.rule.hard and left < 0:
+                    return Outcome(ok=False, refused=index, left_units=entry.rule.limit_units - used)
+                if entry.rule.hard and (tightest is None or left < tightest):
+                    tightest = left
+            for entry in entries:
+                self.held[entry.key] = self.held.get(entry.key, 0) + entry.amount
+            self.reservations[rid] = {entry.key: entry.amount for entry in entries}
+        return Outcome(ok=True, left_units=tightest)
+
+    def release(self, rid: str) -> None:
+        with self.lock:
+            for key, amount in self.reservations.pop(rid, {}).items():
+                left = self.held.get(key, 0) - amount
+                if left > 0:
+                    self.held[key] = left
+                else:
+                    self.held.pop(key, None)
+
+    def record(self, actuals: list[tuple[str, int]]) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for key, units in actuals:
+                if units:
+                    self.recent.setdefault(key, []).append((now, units))
+
+    def forget_readings(self) -> None:
+        """Redis is back: the next outage starts from fresh ledger reads."""
+        with self.lock:
+            self.readings.clear()
+            self.recent.clear()
+
+    def forget(self) -> None:
+        with self.lock:
+            self.readings.clear()
+            self.recent.clear()
+            self.held.clear()
+            self.reservations.clear()
+
+
+def _tenth() -> int:
+    return int(time.time() * 10)
+
+
+@dataclass(frozen=True, slots=True)
+class Unsure:
+    entries: list[Entry]
+    actuals: list[tuple[str, int]]
+    made: int  # tenths of a second, as ``built``
+    settled: int
+
+
+class Unrecorded:
+    """What this process could not tell Redis while it was down, told once it is back (``_recover_counters``).
+
+    - ``holds``: holds it left in Redis and will not settle there (released then);
+    - ``unsure``: settlements sent that got no answer: a frozen Redis runs them once it resumes, so each
+      is run again only if its hold is still there. A hold gone because Redis lost its data (its counter
+      was built again after the reservation) counts as missed spend instead;
+    - ``missed``: spend never sent, per counter and by the tenth of a second it was settled, added then.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holds: dict[str, list[str]] = {}
+        self.unsure: dict[str, Unsure] = {}
+        self.missed: Missed = {}
+
+    def hold(self, rid: str, entries: list[Entry]) -> None:
+        with self.lock:
+            self.holds[rid] = [entry.key for entry in entries]
+
+    def sent_unanswered(self, reservation: Reservation, actuals: list[tuple[str, int]]) -> None:
+        with self.lock:
+            self.unsure[reservation.id] = Unsure(reservation.entries, actuals, reservation.made, _tenth())
+
+    def miss(self, entries: list[Entry], actuals: list[tuple[str, int]], *, tenth: int | None = None) -> None:
+        tenth = _tenth() if tenth is None else tenth
+        with self.lock:
+            for entry, (key, units) in zip(entries, actuals, strict=True):
+                if units:
+                    by_tenth = self.missed.setdefault(key, ((entry.rule, entry.period_start, entry.period_end), {}))[1]
+                    by_tenth[tenth] = by_tenth.get(tenth, 0) + units
+
+    def take(self) -> tuple[dict[str, list[str]], dict[str, Unsure], Missed]:
+        with self.lock:
+            taken = (self.holds, self.unsure, self.missed)
+            self.holds, self.unsure, self.missed = {}, {}, {}
+            return taken
+
+    def put_back(
+        self,
+        holds: dict[str, list[str]],
+        unsure: dict[str, Unsure],
+        missed: Missed,
+    ) -> None:
+        with self.lock:
+            self.holds.update(holds)
+            self.unsure.update(unsure)
+            for key, (window, by_tenth) in missed.items():
+                mine = self.missed.setdefault(key, (window, {}))[1]
+                for tenth, units in by_tenth.items():
+                    mine[tenth] = mine.get(tenth, 0) + units
+
+    def forget(self) -> None:
+        self.take()
+
+
+_ledger = LedgerCounters()
+_unrecorded = Unrecorded()
+
+
+def counter_rebuild(
+    rule: BudgetRule, start: datetime, end: datetime | None, *, queued: list[dict[str, Any]] | None
+) -> tuple[int | None, int]:
+    """Bring one counter to what was settled (``settled_units``); returns its spend before (None: it was
+    missing) and after. ``queued`` is ``queued_usage()``, read before this; when it is None (too much
+    queued to read) the counter is only ever raised to the ledger, never lowered.
+
+    The change is applied as an increment, and the counter is read before the
+    ledger: spend another process settles meanwhile is kept (at worst counted
+    twice until the next reconcile), never lost.
+    """
+    store = counters()
+    key = rule.counter_key(start)
+    found = store.read(key)
+    read_at = _tenth()
+    settled = settled_units(rule, start, end, queued or [])
+    if found is None:
+        store.build(key, settled, _expire_at(end), read_at)
+        return None, settled
+    current = found[0]
+    wanted = max(current, settled) if queued is None else settled
+    if wanted != current:
+        store.add_spent(key, wanted - current)
+    return current, wanted
+
+
+def _replay_in_worker(missed: Missed) -> None:
+    left = dict(missed)
+    try:
+        for key, ((rule, start, end), by_tenth) in missed.items():
+            result = _redis.add_missed(key, by_tenth)
+            if result is None:
+                # Lost with Redis's data: rebuilt from the ledger, which has this spend already; unless another
+                # process rebuilt it first, from an earlier read, which then takes what was settled after it.
+                try:
+                    read_at = _tenth()
+                    spent = settled_units(rule, start, end, queued_usage() or [])
+                    if not _redis.build(key, spent, _expire_at(end), read_at):
+                        result = _redis.add_missed(key, by_tenth)
+                except DatabaseError as exc:
+                    logger.warning("budget counter not rebuilt (%s): it will be at its first use", type(exc).__name__)
+            if result is not None and rule.thresholds and _crossed(rule, *result):
+                # An alert that could not go out while Redis (the broker too) was down.
+                _alert_in_worker(Entry(rule, key, start, end, 0), *result)
+            del left[key]
+    except REDIS_ERRORS:
+        _unrecorded.put_back({}, {}, left)
+        raise
+    finally:
+        close_old_connections()
+
+
+_RECOVERY_ROUNDS = 20
+
+
+async def _recover_counters() -> None:
+    """Before this process uses Redis again: tell it what it missed (see :class:`Unrecorded`). A Redis error
+    keeps Redis marked down, and what is not told yet for the next try."""
+    # Requests still settle from the fallback meanwhile (Redis is marked up only after this): told too.
+    for _ in range(_RECOVERY_ROUNDS):
+        holds, unsure, missed = _unrecorded.take()
+        if not (holds or unsure or missed):
+            break
+        try:
+            for rid, sent in list(unsure.items()):
+                if not await _redis.settle_if_held(rid, sent.actuals):
+                    for entry, (key, units) in zip(sent.entries, sent.actuals, strict=True):
+                        if units and await _redis.built(key) > sent.made:
+                            _unrecorded.miss([entry], [(key, units)], tenth=sent.settled)
+                del unsure[rid]
+            for rid, keys in list(holds.items()):
+                await _redis.settle_if_held(rid, [(key, 0) for key in keys])
+                del holds[rid]
+        except BaseException:
+            _unrecorded.put_back(holds, unsure, missed)
+            raise
+        if missed:
+            await sync_to_async(_replay_in_worker, thread_sensitive=False)(missed)
+    else:
+        logger.warning("budget counters: settlements from the Redis outage still arriving; the rest at the next one")
+    _ledger.forget_readings()
+
+
+redis_state.on_recovery(_recover_counters)
 
 
 # --- reserving and settling ---------------------------------------------------------------
@@ -497,6 +912,9 @@ class Reservation:
     spent: dict[str, Decimal] = field(default_factory=dict)
     settled: bool = False
     left_usd: Decimal | None = None
+    # Held in this process against the ledger (Redis was down), not in Redis.
+    from_ledger: bool = False
+    made: int = field(default_factory=_tenth)
 
     def charge(self, model: str, cost: Decimal) -> None:
         self.spent[model] = self.spent.get(model, Decimal(0)) + cost
@@ -523,10 +941,18 @@ def _usd(amount: Decimal) -> str:
 
 
 async def _initialise(entry: Entry) -> None:
-    spent = await sync_to_async(_ledger_in_worker, thread_sensitive=False)(
+    read_at = _tenth()
+    spent = await sync_to_async(_settled_in_worker, thread_sensitive=False)(
         entry.rule, entry.period_start, entry.period_end
     )
-    await counters().init(entry.key, spent, _expire_at(entry.period_end))
+    await counters().init(entry.key, spent, _expire_at(entry.period_end), read_at)
+
+
+def _settled_in_worker(rule: BudgetRule, start: datetime, end: datetime | None) -> int:
+    try:
+        return settled_units(rule, start, end, queued_usage() or [])
+    finally:
+        close_old_connections()
 
 
 def _ledger_in_worker(rule: BudgetRule, start: datetime, end: datetime | None) -> int:
@@ -563,19 +989,48 @@ async def reserve(
     if not entries:
         return None
     rid = uuid.uuid4().hex
+    if not settings.REDIS_URL:
+        return await _reserve_in_counters(rid, entries)
+    if redis_state.usable():
+        try:
+            return await _reserve_in_counters(rid, entries)
+        except REDIS_ERRORS as exc:
+            redis_state.failed("budget_reserve", exc)
+            # One that timed out may still land once Redis answers: then it is released.
+            _unrecorded.hold(rid, entries)
+    return await _reserve_from_ledger(rid, entries)
+
+
+async def _reserve_in_counters(rid: str, entries: list[Entry]) -> Reservation:
     expires_at = time.time() + settings.MUXER_BUDGET_RESERVATION_SECONDS
     for _ in range(len(entries) + 1):
         outcome = await counters().reserve(rid, entries, expires_at)
         if outcome.missing is not None:
             await _initialise(entries[outcome.missing])
             continue
-        if outcome.refused is not None:
-            raise budget_exceeded(entries[outcome.refused].rule, outcome.left_units)
-        held = Reservation(rid, entries)
-        if outcome.left_units is not None:
-            held.left_usd = from_units(outcome.left_units)
-        return held
+        return _reservation(rid, entries, outcome, from_ledger=False)
     raise APIError(503, "Budget counters are being rebuilt; retry.", type="server_error", code="budget_unavailable")
+
+
+async def _reserve_from_ledger(rid: str, entries: list[Entry]) -> Reservation:
+    redis_state.fallback("budget_reserve")
+    try:
+        outcome = await _ledger.reserve(rid, entries)
+    except DatabaseError:
+        raise APIError(
+            503, "Budgets cannot be checked right now; retry shortly.", type="server_error",
+            code="budget_unavailable", headers={"retry-after": "1"},
+        ) from None  # fmt: skip
+    return _reservation(rid, entries, outcome, from_ledger=True)
+
+
+def _reservation(rid: str, entries: list[Entry], outcome: Outcome, *, from_ledger: bool) -> Reservation:
+    if outcome.refused is not None:
+        raise budget_exceeded(entries[outcome.refused].rule, outcome.left_units)
+    held = Reservation(rid, entries, from_ledger=from_ledger)
+    if outcome.left_units is not None:
+        held.left_usd = from_units(outcome.left_units)
+    return held
 
 
 async def settle(reservation: Reservation) -> None:
@@ -588,7 +1043,54 @@ async def settle(reservation: Reservation) -> None:
         (e.key, to_units(reservation.spent.get(e.rule.model, Decimal(0)) if e.rule.model else total))
         for e in reservation.entries
     ]
-    results = await counters().settle(reservation.id, actuals)
+    if not settings.REDIS_URL:
+        await _alerts(reservation, await _memory.settle(reservation.id, actuals))
+        return
+    if reservation.from_ledger:
+        _ledger.release(reservation.id)
+    sent = False
+    if redis_state.usable():
+        # A hold taken against the ledger is unknown to Redis: settling it there just adds the spend.
+        try:
+            sent = True
+            results = await _redis.settle(reservation.id, actuals)
+        except REDIS_ERRORS as exc:
+            redis_state.failed("budget_settle", exc)
+        else:
+            await _count_where_missing(reservation.entries, actuals, results)
+            await _alerts(reservation, results)
+            return
+    redis_state.fallback("budget_settle")
+    _ledger.record(actuals)
+    if sent and not reservation.from_ledger:
+        _unrecorded.sent_unanswered(reservation, actuals)
+        return
+    if not reservation.from_ledger:
+        _unrecorded.hold(reservation.id, reservation.entries)
+    # (One against the ledger sent without an answer is added again: counted twice at worst, never lost.)
+    _unrecorded.miss(reservation.entries, actuals)
+
+
+async def _count_where_missing(
+    entries: list[Entry], actuals: list[tuple[str, int]], results: list[tuple[int, int] | None]
+) -> None:
+    """A counter gone under a request in flight (Redis restarted without its data) is built again from the
+    ledger, which does not have this request yet, and the request's spend is added to it."""
+    for entry, (key, units), result in zip(entries, actuals, results, strict=True):
+        if result is not None or not units:
+            continue
+        try:
+            await _initialise(entry)
+            await _redis.add(key, units)
+        except REDIS_ERRORS as exc:
+            redis_state.failed("budget_settle", exc)
+            _unrecorded.miss([entry], [(key, units)])
+        except DatabaseError as exc:
+            # Left missing: its first use builds it from the ledger, which will have this request by then.
+            logger.warning("budget counter not rebuilt (%s)", type(exc).__name__)
+
+
+async def _alerts(reservation: Reservation, results: list[tuple[int, int] | None]) -> None:
     for entry, result in zip(reservation.entries, results, strict=True):
         if result is None or not entry.rule.thresholds:
             continue
@@ -644,7 +1146,10 @@ def budget_usage(budget: Budget, *, now: datetime | None = None) -> BudgetUsage:
     rule = rule_from(budget, budget.organization.timezone)
     start, end = rule.window(now or datetime.now(UTC))
     key = rule.counter_key(start)
-    found = counters().read(key)
+    try:
+        found = counters().read(key)
+    except REDIS_ERRORS:
+        found = None  # Redis is down: the ledger still knows what was spent
     if found is None:
         spent, reserved = ledger_spent_units(rule, start, end), 0
     else:
@@ -653,28 +1158,17 @@ def budget_usage(budget: Budget, *, now: datetime | None = None) -> BudgetUsage:
 
 
 def budget_counters_reconcile(budgets: Iterable[Budget] | None = None, *, now: datetime | None = None) -> int:
-    """Set each enabled budget's current counter to the ledger's sum; returns how many differed.
-
-    Spend that is settled but not yet in the ledger (events still on the usage
-    stream) would look like drift, so while events are pending a counter is
-    only ever raised to the ledger, never lowered.
-    """
-    from .usage import usage_pending
-
-    pending = usage_pending() if settings.REDIS_URL else 0
+    """Set each enabled budget's current counter to what was settled: the ledger's sum plus the usage
+    still on the stream (``counter_rebuild``); returns how many differed."""
+    queued = queued_usage()
     moment = now or datetime.now(UTC)
     changed = 0
     query = budgets if budgets is not None else Budget.objects.filter(enabled=True).select_related("organization")
     for budget in query:
         rule = rule_from(budget, budget.organization.timezone)
         start, end = rule.window(moment)
-        key = rule.counter_key(start)
-        ledger = ledger_spent_units(rule, start, end)
-        found = counters().read(key)
-        current = None if found is None else found[0]
-        wanted = ledger if pending == 0 or current is None else max(current, ledger)
-        if current != wanted:
-            counters().overwrite(key, wanted, _expire_at(end))
+        before, after = counter_rebuild(rule, start, end, queued=queued)
+        if before != after:
             changed += 1
     return changed
 
@@ -683,5 +1177,7 @@ def forget_budget_state() -> None:
     """Tests: drop cached rules and every counter."""
     forget_budget_rules()
     _memory.forget()
+    _ledger.forget()
+    _unrecorded.forget()
     if settings.REDIS_URL:
         _redis.forget()

@@ -22,12 +22,12 @@ from typing import Any, NotRequired, TypedDict
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import DataError, IntegrityError, close_old_connections, transaction
 from django.db.models import Q
 
 from accounts.models import APIKey
 from muxer_project import metrics
-from muxer_project.redis import async_redis, sync_redis
+from muxer_project.redis import async_redis, blocking_redis, redis_state, sync_redis
 
 from .models import UsageRecord
 from .request_log import request_logs_store
@@ -129,17 +129,23 @@ def _write_now(event: UsageEvent) -> None:
 
 
 async def usage_emit(event: UsageEvent) -> None:
-    """Hand one usage event to the ledger. Falls back to a direct write if Redis is unreachable."""
+    """Hand one usage event to the ledger. Falls back to a direct write while Redis is down.
+
+    An append that timed out against a frozen Redis may still land once it
+    resumes; the writer then meets a request id already stored and skips it.
+    """
     _count(event)
     if settings.REDIS_URL:
-        try:
-            await async_redis().xadd(settings.MUXER_USAGE_STREAM, {"e": orjson.dumps(event)})
-            return
-        except Exception as exc:  # noqa: BLE001 - any Redis failure: keep the record by writing it directly
-            metrics.store_errors.labels("redis", "usage_stream").inc()
-            logger.warning(
-                "usage stream unavailable (%s); writing usage %s directly", type(exc).__name__, event["request_id"]
-            )
+        if redis_state.usable():
+            try:
+                await async_redis().xadd(settings.MUXER_USAGE_STREAM, {"e": orjson.dumps(event)})
+                return
+            except Exception as exc:  # noqa: BLE001 - any Redis failure: keep the record by writing it directly
+                redis_state.failed("usage_stream", exc)
+                logger.warning(
+                    "usage stream unavailable (%s); writing usage %s directly", type(exc).__name__, event["request_id"]
+                )
+        redis_state.fallback("usage_stream")
     await sync_to_async(_write_now, thread_sensitive=False)(event)
 
 
@@ -169,7 +175,7 @@ def _consumer_name() -> str:
 
 def usage_drain(*, batch_size: int = 500, block_ms: int = 1000, reclaim_idle_ms: int = 60_000) -> int:
     """Move one batch of events from the Redis stream into the database. Returns rows handled."""
-    client = sync_redis()
+    client = blocking_redis(block_ms / 1000) if block_ms else sync_redis()
     stream = settings.MUXER_USAGE_STREAM
     _ensure_group()
     consumer = _consumer_name()
@@ -178,23 +184,52 @@ def usage_drain(*, batch_size: int = 500, block_ms: int = 1000, reclaim_idle_ms:
     )
     entries: list[tuple[bytes, dict[bytes, bytes]]] = list(claimed_reply[1])
     if not entries:
+        # This writer's own unacknowledged entries first: a batch whose write failed (the database was down)
+        # is retried on the next pass, not a reclaim period later.
+        own: Any = client.xreadgroup(GROUP, consumer, {stream: "0"}, count=batch_size)
+        for _name, items in own or ():
+            entries.extend(item for item in items if item[1])
+    if not entries:
         response: Any = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=batch_size, block=block_ms or None)
         for _name, items in response or ():
             entries.extend(items)
     if not entries:
         return 0
-    events: list[UsageEvent] = []
-    for _entry_id, fields in entries:
+    events: list[tuple[bytes, UsageEvent]] = []
+    for entry_id, fields in entries:
         raw = fields.get(b"e")
         if raw is not None:
-            events.append(orjson.loads(raw))
-    usage_write_batch(events)
+            events.append((entry_id, orjson.loads(raw)))
+    rejected = _write_or_set_aside([event for _entry_id, event in events])
     ids = [entry_id for entry_id, _fields in entries]
     pipe = client.pipeline()
+    for entry_id, event in events:
+        if event["request_id"] in rejected:
+            # Kept for an operator, out of the writer's way: retrying it could only block the events behind it.
+            pipe.xadd(f"{stream}:rejected", {"e": orjson.dumps(event), "from": entry_id})
     pipe.xack(stream, GROUP, *ids)
     pipe.xdel(stream, *ids)
     pipe.execute()
     return len(entries)
+
+
+def _write_or_set_aside(events: list[UsageEvent]) -> set[str]:
+    """Write the batch; if the database refuses it (not an outage: a row it can never take, such as one whose
+    key was deleted meanwhile), write its events one by one and return the request ids it refused."""
+    try:
+        usage_write_batch(events)
+        return set()
+    except (IntegrityError, DataError):
+        pass
+    rejected: set[str] = set()
+    for event in events:
+        try:
+            usage_write_batch([event])
+        except (IntegrityError, DataError) as exc:
+            rejected.add(event["request_id"])
+            metrics.store_errors.labels("database", "usage_rejected").inc()
+            logger.error("usage %s refused by the database (%s); set aside", event["request_id"], type(exc).__name__)
+    return rejected
 
 
 def usage_pending() -> int:

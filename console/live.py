@@ -25,6 +25,8 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from muxer_project.redis import redis_state
+
 logger = logging.getLogger(__name__)
 
 # The consumers' handler for every live event (``type`` of the group message).
@@ -71,6 +73,8 @@ def _log_failure(future: Any) -> None:
 
 def publish(organization_id: int, event: Mapping[str, Any]) -> None:
     """Send ``event`` (JSON-ready, with its own ``type``) to the organization's open console pages."""
+    if not redis_state.up:
+        return  # the channel layer's Redis is down in this process: a frozen one would hold the writer
     try:
         _publish(org_group(organization_id), {"type": HANDLER, "event": dict(event)})
     except Exception as exc:  # noqa: BLE001 - never let an update break the write that caused it

@@ -13,6 +13,10 @@ rather than hang the probe:
 - the Celery broker accepts a connection (unless tasks run eagerly);
 - at least one enabled model's circuit breaker is closed: with every circuit
   open the instance could only answer 503s.
+
+A worker that has been told to stop (SIGTERM, see ``muxer_project/serve.py``)
+answers 503 ``draining`` at once, without asking anything, so a load balancer
+takes it out of rotation while it finishes what it is serving.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import redis
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+
+from muxer_project.lifespan import process_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +168,10 @@ def readyz(request: HttpRequest) -> JsonResponse:
     """
     from providers.resilience import open_circuits
 
+    if process_state.draining:
+        draining = JsonResponse({"status": "draining"}, status=503, headers={"Cache-Control": "no-store"})
+        draining._has_been_logged = True  # type: ignore[attr-defined]
+        return draining
     ready, checks = readiness()
     circuits: dict[str, str] | str = "unknown"
     if checks["redis"].ok:

@@ -36,6 +36,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -136,6 +137,27 @@ store_errors = Counter(
     "muxer_store_errors",
     "Failures talking to a backing store that the request path survived (fail-open or fallback).",
     ["store", "operation"],
+)
+store_transitions = Counter(
+    "muxer_store_transitions",
+    "A process marking a backing store down (its first failure) or up (it answers again), per store.",
+    ["store", "to"],
+)
+store_fallbacks = Counter(
+    "muxer_store_fallbacks",
+    "Operations answered by their fallback because the store was down (per-process limits, the ledger, direct writes).",
+    ["store", "operation"],
+)
+overloaded = Counter(
+    "muxer_overloaded",
+    "Proxy requests refused at once (503 overloaded) because the worker had MUXER_MAX_INFLIGHT_REQUESTS in flight.",
+    ["endpoint"],
+)
+# Sampled once a second by the server loop (muxer_project/serve.py), not per request: the hot path only counts.
+inflight_requests = Gauge(
+    "muxer_inflight_requests",
+    "Proxy requests in flight, summed over the live workers (sampled each second).",
+    multiprocess_mode="livesum",
 )
 
 

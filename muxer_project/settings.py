@@ -80,6 +80,8 @@ MIDDLEWARE = [
     "audit.middleware.RequestContextMiddleware",
     # One JSON line per request, with the request id (muxer_project/logs.py).
     "muxer_project.logs.AccessLogMiddleware",
+    # A view that meets an unreachable database answers 503, not 500 (muxer_project/errors.py).
+    "muxer_project.errors.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -144,18 +146,44 @@ DATABASES["default"]["ENGINE"] = _INSTRUMENTED.get(DATABASES["default"]["ENGINE"
 
 REDIS_URL = env.str("REDIS_URL", default="")
 
+# --- Redis outages (muxer_project/redis.py, outage.py; README "When Redis fails") ---
+# Every Redis client gives up on a command after this long, and on connecting after the next, so a frozen
+# Redis costs a request at most about that, once: the process then marks Redis down and serves from fallbacks.
+MUXER_REDIS_SOCKET_TIMEOUT_SECONDS = env.float("MUXER_REDIS_SOCKET_TIMEOUT_SECONDS", default=1.0)
+MUXER_REDIS_CONNECT_TIMEOUT_SECONDS = env.float("MUXER_REDIS_CONNECT_TIMEOUT_SECONDS", default=1.0)
+# How long a request waits for a free connection of its process's pool (MUXER_REDIS_MAX_CONNECTIONS).
+MUXER_REDIS_POOL_TIMEOUT_SECONDS = env.float("MUXER_REDIS_POOL_TIMEOUT_SECONDS", default=1.0)
+# While Redis is down, each process asks it again (a PING in the background) at most this often.
+MUXER_REDIS_RETRY_SECONDS = env.float("MUXER_REDIS_RETRY_SECONDS", default=1.0)
+# While Redis is down, budgets are checked against the ledger; a process re-reads a budget's sum at most this often.
+MUXER_BUDGET_LEDGER_REFRESH_SECONDS = env.float("MUXER_BUDGET_LEDGER_REFRESH_SECONDS", default=1.0)
+
 if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": _INSTRUMENTED["django_redis.cache.RedisCache"],
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "mm",
+            "OPTIONS": {
+                "SOCKET_CONNECT_TIMEOUT": MUXER_REDIS_CONNECT_TIMEOUT_SECONDS,
+                "SOCKET_TIMEOUT": MUXER_REDIS_SOCKET_TIMEOUT_SECONDS,
+            },
         }
     }
+    # A WebSocket's receive holds a connection in BZPOPMIN for up to 5 s (channels_redis's brpop_timeout),
+    # so the channel layer's socket timeout is that plus the usual one.
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 5 + MUXER_REDIS_SOCKET_TIMEOUT_SECONDS,
+                        "socket_connect_timeout": MUXER_REDIS_CONNECT_TIMEOUT_SECONDS,
+                    }
+                ]
+            },
         }
     }
 else:
@@ -428,6 +456,14 @@ else:
         "LOCATION": "muxer-responses",
         "OPTIONS": {"MAX_ENTRIES": env.int("MUXER_RESPONSE_CACHE_LOCAL_ENTRIES", default=1000)},
     }
+# --- Idempotency (routing/idempotency.py) ---
+# How long the response to a request with an Idempotency-Key is kept and replayed (Stripe keeps 24 hours).
+MUXER_IDEMPOTENCY_TTL_SECONDS = env.float("MUXER_IDEMPOTENCY_TTL_SECONDS", default=86400.0)
+# How long a duplicate of a request still being answered waits for that answer before it gets a 409.
+MUXER_IDEMPOTENCY_WAIT_SECONDS = env.float("MUXER_IDEMPOTENCY_WAIT_SECONDS", default=30.0)
+# A claim a dead worker never finished frees its key after this; longer than any request
+# (like MUXER_BUDGET_RESERVATION_SECONDS), so a slow answer is never run twice.
+MUXER_IDEMPOTENCY_PENDING_SECONDS = env.float("MUXER_IDEMPOTENCY_PENDING_SECONDS", default=900.0)
 # --- Rate limits (routing/ratelimit.py) ---
 # When Redis cannot be reached: true admits requests without limits, false refuses them (503).
 MUXER_RATELIMIT_FAIL_OPEN = env.bool("MUXER_RATELIMIT_FAIL_OPEN", default=True)
@@ -482,6 +518,24 @@ MUXER_METRICS_MAX_BUDGETS = env.int("MUXER_METRICS_MAX_BUDGETS", default=2000)
 MUXER_READY_TIMEOUT_SECONDS = env.float("MUXER_READY_TIMEOUT_SECONDS", default=2.0)
 # django-prometheus would query the migration table at start-up; readiness covers the database instead.
 PROMETHEUS_EXPORT_MIGRATIONS = False
+
+# --- Shutdown and back-pressure (muxer_project/serve.py, lifespan.py; routing/consumers.py) ---
+# On SIGTERM a worker answers /readyz with 503 "draining" at once and keeps serving this long, so a load
+# balancer takes it out of rotation before it stops accepting connections.
+MUXER_SHUTDOWN_DRAIN_SECONDS = env.float("MUXER_SHUTDOWN_DRAIN_SECONDS", default=5.0)
+# Then requests and streams in flight get this long to finish; past it they are cut (and their usage recorded).
+MUXER_SHUTDOWN_GRACE_SECONDS = env.float("MUXER_SHUTDOWN_GRACE_SECONDS", default=20.0)
+# Proxy requests one worker serves at once; past it the next gets 503 "overloaded" at once. 0: no cap.
+MUXER_MAX_INFLIGHT_REQUESTS = env.int("MUXER_MAX_INFLIGHT_REQUESTS", default=1000)
+# While the database is unreachable, a process keeps using its cached keys, catalog, budgets and routers for
+# this long past their usual lifetime (the usual lifetimes are seconds). 0: never serve a stale copy.
+MUXER_STALE_CACHE_SECONDS = env.float("MUXER_STALE_CACHE_SECONDS", default=300.0)
+# PostgreSQL: give up connecting after this many seconds (libpq's connect_timeout), so an unreachable
+# database fails a request fast rather than holding it and a thread.
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT_SECONDS", default=5)
+    )
 
 # --- Production hardening --------------------------------------------------
 if PRODUCTION:

@@ -5,13 +5,18 @@ once (in process memory on the embedded default). Each model's breaker is
 closed, open or half-open:
 
 - it opens after ``failure_threshold`` consecutive failures (counted across
-  instances), or when this process saw an error rate of ``error_rate`` or
+  instances, with no success on any instance in between), or when this
+  process saw an error rate of ``error_rate`` or
   more over at least ``min_requests`` calls in the last ``window_seconds``;
 - after ``cooldown_seconds`` open, one caller (across all instances) is let
   through as a probe: success closes the breaker, failure re-opens it.
 
 Only provider trouble counts: retryable errors and rejected credentials, not
 a client's bad request.
+
+While Redis is down (``muxer_project/outage.py``) each process keeps its
+breakers in its own memory, as on the embedded default, and goes back to the
+shared state once Redis answers.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 
 from django.conf import settings
 
-from muxer_project.redis import async_redis
+from muxer_project.redis import REDIS_ERRORS, async_redis, redis_state, redis_usable
 
 from .adapters.base import ProviderError
 from .catalog import CatalogModel
@@ -34,10 +39,22 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 _KEY = "muxer:cb:{}"
 _PROBE_KEY = "muxer:cb-probe:{}"
 _STATE_CACHE_SECONDS = 1.0
+# How often an instance notes a success in Redis; the failure count treats successes this close as "between".
+_SUCCESS_NOTE_SECONDS = 0.5
 
+# A failure counts as consecutive only if no instance has succeeded since the previous one (each instance
+# notes its latest success in 'last_ok', at most every _SUCCESS_NOTE_SECONDS): failures of some requests
+# among many successes are the error-rate rule's business, not a sign the model is down.
 _RECORD_FAILURE = """
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local last_ok = tonumber(redis.call('HGET', KEYS[1], 'last_ok') or '0')
+local last_failure = tonumber(redis.call('HGET', KEYS[1], 'last_failure') or '0')
+redis.call('HSET', KEYS[1], 'last_failure', ARGV[2])
+if state == 'closed' and failures > 1 and last_ok >= last_failure - tonumber(ARGV[4]) then
+  failures = 1
+  redis.call('HSET', KEYS[1], 'failures', 1)
+end
 if state ~= 'closed' or failures >= tonumber(ARGV[1]) or ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2])
   redis.call('DEL', KEYS[2])
@@ -89,6 +106,7 @@ class CircuitBreaker:
         self._memory: dict[str, BreakerState] = {}
         self._memory_probes: dict[str, float] = {}
         self._windows: dict[str, deque[tuple[float, bool]]] = {}
+        self._success_noted: dict[str, float] = {}
 
     # --- storage -------------------------------------------------------------
     async def _load(self, key: str) -> BreakerState:
@@ -96,16 +114,19 @@ class CircuitBreaker:
         hit = self._cache.get(key)
         if hit is not None and now - hit[0] < _STATE_CACHE_SECONDS:
             return hit[1]
-        if settings.REDIS_URL:
-            state = _from_hash(await async_redis().hgetall(_KEY.format(key)))
-        else:
+        state = None
+        if redis_usable():
+            with redis_state.absorbing("circuit_breaker", REDIS_ERRORS):
+                state = _from_hash(await async_redis().hgetall(_KEY.format(key)))
+        if state is None:
             state = self._memory.get(key, BreakerState(CLOSED, 0, 0.0))
         self._cache[key] = (now, state)
         return state
 
     async def _claim_probe(self, key: str, cooldown: float) -> bool:
-        if settings.REDIS_URL:
-            return bool(await async_redis().set(_PROBE_KEY.format(key), b"1", nx=True, px=int(cooldown * 1000)))
+        if redis_usable():
+            with redis_state.absorbing("circuit_breaker", REDIS_ERRORS):
+                return bool(await async_redis().set(_PROBE_KEY.format(key), b"1", nx=True, px=int(cooldown * 1000)))
         now = time.time()
         if self._memory_probes.get(key, 0.0) > now:
             return False
@@ -136,18 +157,29 @@ class CircuitBreaker:
         force_open = self._observe(key, now, ok)
         if ok:
             cached = self._cache.get(key)
-            # Nothing to reset when this process last saw it closed and clean.
+            # Nothing to reset when this process last saw it closed and clean; still, now and then, tell the
+            # other instances a call succeeded, so their failures are not taken for consecutive ones.
             if cached is not None and cached[1].state == CLOSED and cached[1].failures == 0:
+                await self._note_success(key, now)
                 return
             await self._reset(key)
             return
         threshold = settings.MUXER_BREAKER_FAILURE_THRESHOLD
-        if settings.REDIS_URL:
-            raw_state = await async_redis().eval(
-                _RECORD_FAILURE, 2, _KEY.format(key), _PROBE_KEY.format(key), threshold, now, int(force_open)
-            )
-            state_name = raw_state.decode() if isinstance(raw_state, bytes) else str(raw_state)
-        else:
+        state_name = None
+        if redis_usable():
+            with redis_state.absorbing("circuit_breaker", REDIS_ERRORS):
+                raw_state = await async_redis().eval(
+                    _RECORD_FAILURE,
+                    2,
+                    _KEY.format(key),
+                    _PROBE_KEY.format(key),
+                    threshold,
+                    now,
+                    int(force_open),
+                    _SUCCESS_NOTE_SECONDS * 2,
+                )
+                state_name = raw_state.decode() if isinstance(raw_state, bytes) else str(raw_state)
+        if state_name is None:
             current = self._memory.get(key, BreakerState(CLOSED, 0, 0.0))
             failures = current.failures + 1
             tripped = current.state != CLOSED or failures >= threshold or force_open
@@ -160,12 +192,24 @@ class CircuitBreaker:
         else:
             self._cache.pop(key, None)
 
+    async def _note_success(self, key: str, now: float) -> None:
+        if not redis_usable() or now - self._success_noted.get(key, 0.0) < _SUCCESS_NOTE_SECONDS:
+            return
+        self._success_noted[key] = now
+        with redis_state.absorbing("circuit_breaker", REDIS_ERRORS):
+            await async_redis().hset(_KEY.format(key), "last_ok", now)
+
     async def _reset(self, key: str) -> None:
-        if settings.REDIS_URL:
-            client = async_redis()
-            await client.hset(_KEY.format(key), mapping={"state": CLOSED, "failures": 0, "opened_at": 0})
-            await client.delete(_PROBE_KEY.format(key))
-        else:
+        done = False
+        if redis_usable():
+            with redis_state.absorbing("circuit_breaker", REDIS_ERRORS):
+                client = async_redis()
+                await client.hset(
+                    _KEY.format(key), mapping={"state": CLOSED, "failures": 0, "opened_at": 0, "last_ok": time.time()}
+                )
+                await client.delete(_PROBE_KEY.format(key))
+                done = True
+        if not done:
             self._memory[key] = BreakerState(CLOSED, 0, 0.0)
             self._memory_probes.pop(key, None)
         self._cache[key] = (time.monotonic(), BreakerState(CLOSED, 0, 0.0))
@@ -184,6 +228,7 @@ class CircuitBreaker:
 
     def forget(self) -> None:
         self._cache.clear()
+        self._success_noted.clear()
         self._memory.clear()
         self._memory_probes.clear()
         self._windows.clear()

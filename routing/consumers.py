@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 import structlog
@@ -45,7 +45,8 @@ from billing.request_log import request_log_bodies
 from billing.tokens import estimate_text_tokens
 from billing.usage import UsageEvent, usage_emit
 from muxer_project import metrics
-from muxer_project.errors import APIError, invalid_request
+from muxer_project.errors import DATABASE_UNAVAILABLE, APIError, invalid_request, overloaded, service_unavailable
+from muxer_project.lifespan import process_state
 from muxer_project.logs import access_line
 from providers.adapters import ChatResult, ChatStream, EmbeddingResult, ProviderError, Usage, adapter_for
 from providers.catalog import CallTimeouts, CatalogModel, get_catalog
@@ -54,6 +55,7 @@ from providers.http import call_timeouts, upstream_request_id
 from providers.resilience import backoff_seconds, breaker, counts_against_provider, latency
 
 from .cascade import AnswerScore, score_answer
+from .idempotency import REPLAYED, StoredResponse, idempotency_claim, idempotency_key_from
 from .limits import check_context_window, check_input_tokens, check_message_count
 from .pii import (
     CompletionStreamRestorer,
@@ -111,6 +113,18 @@ async def _wait_for_disconnect(receive: ASGIReceiveCallable) -> None:
             return
 
 
+def _closing(send: ASGISendCallable) -> ASGISendCallable:
+    """``send`` that asks the client to close its connection after this response: a draining worker's keep-alive
+    clients then reconnect, and the load balancer sends them to another instance."""
+
+    async def closing_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+
+    return closing_send
+
+
 class GatewayConsumer(AsyncConsumer):
     """Base for proxy endpoints: read the body, run :meth:`handle`, shape errors, record metrics and the access log."""
 
@@ -136,24 +150,39 @@ class GatewayConsumer(AsyncConsumer):
     cache_headers: Headers = []
     # Access-Control-* for a browser caller from an allowed origin (the consumers bypass Django's middleware).
     cors: Headers = []
+    # Proxy requests this process is serving, every endpoint together: what MUXER_MAX_INFLIGHT_REQUESTS caps,
+    # and what a stopping worker waits for. Only ever changed as GatewayConsumer.inflight, never per subclass.
+    inflight: ClassVar[int] = 0
 
     async def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:  # type: ignore[override]
         self.scope = scope
+        if process_state.draining:
+            send = _closing(send)
         self._send = send
         self.started = time.perf_counter()
         # The caller's X-Request-ID when it is a sane token; sent on to the provider and back in the response.
         self.request_id = request_id_from(self.header(b"x-request-id"))
         self.response_started = False
         self.response_complete = False
+        self.cors = cors_headers(scope["method"], scope["headers"])
         with structlog.contextvars.bound_contextvars(request_id=self.request_id):
             upstream_request_id.set(self.request_id)
             try:
-                await self._serve(scope, receive, send)
+                cap = settings.MUXER_MAX_INFLIGHT_REQUESTS
+                if cap and GatewayConsumer.inflight >= cap:
+                    # Refused before the body is read: queueing it would only hold memory and time out later.
+                    metrics.overloaded.labels(self.endpoint).inc()
+                    await self.send_error(overloaded())
+                    return
+                GatewayConsumer.inflight += 1
+                try:
+                    await self._serve(scope, receive, send)
+                finally:
+                    GatewayConsumer.inflight -= 1
             finally:
                 self.observe()
 
     async def _serve(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        self.cors = cors_headers(scope["method"], scope["headers"])
         if cors_is_preflight(scope["method"], scope["headers"]):
             await send(
                 {"type": "http.response.start", "status": 204, "headers": [*self.cors, (b"content-length", b"0")]}
@@ -177,7 +206,16 @@ class GatewayConsumer(AsyncConsumer):
             return
         work = asyncio.ensure_future(self._run(body))
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-        await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The server gave up on this request (a shutdown's grace period ran out): stop the work as a
+            # disconnect would, and let it record its usage before this task ends.
+            work.cancel()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            raise
         if not work.done() and not self.response_complete:
             # The client left mid-response: stop the work, which stops the upstream call.
             work.cancel()
@@ -213,6 +251,11 @@ class GatewayConsumer(AsyncConsumer):
                 logger.warning("request %s failed after the response began: %s", self.request_id, exc.message)
             else:
                 await self.send_error(exc)
+        except DATABASE_UNAVAILABLE as exc:
+            # Something this request needs is not in the process's caches, and the database is unreachable.
+            logger.warning("request %s: database unavailable (%s)", self.request_id, type(exc).__name__)
+            if not self.response_started:
+                await self.send_error(service_unavailable())
         except Exception:
             logger.exception("request %s failed", self.request_id)
             if not self.response_started:
@@ -833,6 +876,13 @@ class ChatCompletionsConsumer(RoutedConsumer):
         directive = cache_directive(self.header(b"x-muxer-cache"))
         if identity.request_log:
             self.client_body = body
+        idempotency_key = idempotency_key_from(self.header(b"idempotency-key"), stream=request.stream)
+        if idempotency_key is not None:
+            await self.answer_once(identity, request, directive, idempotency_key, body)
+            return
+        await self.answer(identity, request, directive)
+
+    async def answer(self, identity: KeyIdentity, request: ChatRequest, directive: CacheDirective | None) -> None:
         await self.admit_request(identity, request)
         if await self.answer_from_cache(identity, request, directive):
             return
@@ -846,6 +896,34 @@ class ChatCompletionsConsumer(RoutedConsumer):
                 await self._complete(identity, request, route)
         finally:
             await self.settle_budget()
+
+    async def answer_once(
+        self,
+        identity: KeyIdentity,
+        request: ChatRequest,
+        directive: CacheDirective | None,
+        idempotency_key: str,
+        body: bytes,
+    ) -> None:
+        """``Idempotency-Key`` (routing/idempotency.py): replay the response the key's first request got, before
+        this one is rate limited, routed or billed; or answer it, and keep what the client gets."""
+        claimed = await idempotency_claim(identity=identity, idempotency_key=idempotency_key, body=body)
+        if isinstance(claimed, StoredResponse):
+            self.served = (claimed.header(b"x-muxer-model"), claimed.header(b"x-muxer-provider"))
+            await self.start_response(claimed.status, claimed.content_type, [*claimed.headers, REPLAYED])
+            await self.send_body(claimed.body)
+            return
+        self._send = claimed.recording(self._send)
+        try:
+            await self.answer(identity, request, directive)
+        except APIError as exc:
+            if self.response_started:
+                raise
+            # Sent here rather than by _run, so that an error worth keeping is kept while the key is held.
+            await self.send_error(exc)
+        finally:
+            # A request that did not finish (the client left, the gateway failed) frees its key.
+            await claimed.release()
 
     async def identify(self) -> KeyIdentity:
         """The caller's key, from the Authorization header (the console's in-process calls name one instead)."""
@@ -893,15 +971,15 @@ class ChatCompletionsConsumer(RoutedConsumer):
             (b"x-muxer-cost-usd", b"0"),
             (b"x-muxer-overhead-ms", f"{self.elapsed_ms():.1f}".encode()),
         ]
-        if request.stream:
-            await self._replay_stream(request, model, ChatResult(body=body, usage=cached.usage), cached.usage, headers)
-        else:
-            await self.send_json(200, orjson.dumps(body), headers)
         event = self._usage_event(identity, model, cached.usage, status="ok", http_status=200, stream=request.stream)
         event["cost_usd"] = "0"
         event["cache_hit"] = True
         self.log_bodies(event, body)
         await usage_emit(event)
+        if request.stream:
+            await self._replay_stream(request, model, ChatResult(body=body, usage=cached.usage), cached.usage, headers)
+        else:
+            await self.send_json(200, orjson.dumps(body), headers)
         return True
 
     def routing_options(self) -> RoutingOptions:
@@ -940,10 +1018,11 @@ class ChatCompletionsConsumer(RoutedConsumer):
         headers = self._route_headers(model, route)
         headers.append((b"x-muxer-cost-usd", event["cost_usd"].encode()))
         headers.append((b"x-muxer-overhead-ms", f"{self.elapsed_ms() - upstream_ms:.1f}".encode()))
-        await self.send_json(200, orjson.dumps(result.body), headers)
-        await self.keep_answer(identity, kept)
+        # Recorded before the answer goes out: a worker killed in between loses an answer, never its charge.
         self.log_bodies(event, result.body)
         await usage_emit(event)
+        await self.send_json(200, orjson.dumps(result.body), headers)
+        await self.keep_answer(identity, kept)
 
     async def _cascade(self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision) -> None:
         """Ask each tier in turn until an answer scores well enough; every attempt is billed and recorded.
@@ -1252,5 +1331,5 @@ class EmbeddingsConsumer(RoutedConsumer):
         event = self._usage_event(identity, model, usage, status="ok", http_status=200, stream=False)
         headers = self._route_headers(model, route)
         headers.append((b"x-muxer-cost-usd", event["cost_usd"].encode()))
-        await self.send_json(200, orjson.dumps(result.body), headers)
         await usage_emit(event)
+        await self.send_json(200, orjson.dumps(result.body), headers)

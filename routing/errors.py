@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
@@ -10,7 +11,9 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from muxer_project.errors import APIError
+from muxer_project.errors import DATABASE_UNAVAILABLE, APIError, service_unavailable
+
+logger = logging.getLogger(__name__)
 
 _CODES = {
     400: ("invalid_request_error", "invalid_request_error"),
@@ -39,6 +42,11 @@ def _first_problem(detail: Any, path: str = "") -> tuple[str | None, str]:
 def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, APIError):
         return Response(exc.body(), status=exc.status, headers=exc.headers)
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        # The database is down or dropped the connection: a retryable 503, not a 500.
+        logger.warning("database unavailable in %s (%s)", type(context.get("view")).__name__, type(exc).__name__)
+        unavailable = service_unavailable()
+        return Response(unavailable.body(), status=503, headers=unavailable.headers)
     if isinstance(exc, RequestDataTooBig):
         too_big = APIError(413, "The request body is larger than the API's limit.", code="request_too_large")
         return Response(too_big.body(), status=413)

@@ -742,6 +742,7 @@ class MessagesConsumer(RoutedConsumer):
         return authorization
 
     async def send_error(self, exc: APIError) -> None:
+        self.error_code = exc.code or ""
         headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
         headers.append((b"request-id", self.request_id.encode()))
         body = error_body(exc.status, exc.message, self.request_id, exc.code)
@@ -770,9 +771,10 @@ class MessagesConsumer(RoutedConsumer):
         headers = self._headers(model, route)
         headers.append((b"x-muxer-cost-usd", event["cost_usd"].encode()))
         headers.append((b"x-muxer-overhead-ms", f"{self.elapsed_ms() - upstream_ms:.1f}".encode()))
-        await self.send_json(200, orjson.dumps(message), headers)
+        # Recorded before the answer goes out: a worker killed in between loses an answer, never its charge.
         self.log_bodies(event, message)
         await usage_emit(event)
+        await self.send_json(200, orjson.dumps(message), headers)
 
     async def _stream(self, identity: KeyIdentity, request: ChatRequest, route: RouteDecision) -> None:
         async def start(model: CatalogModel) -> OpenedStream:

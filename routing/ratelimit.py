@@ -9,9 +9,14 @@ every limit that applies and moves them all, or none; it reads Redis's clock,
 so instances with skewed clocks agree. Without Redis (the embedded default)
 the same arithmetic runs in process memory.
 
-If Redis fails, ``MUXER_RATELIMIT_FAIL_OPEN`` decides: admit the request
-unlimited (the default) or refuse it with a 503. Either way it is logged and
-counted in ``muxer_store_errors_total``.
+If Redis fails, ``MUXER_RATELIMIT_FAIL_OPEN`` decides. True (the default):
+each process applies the same limits itself, in its own memory, until Redis
+answers again, so with N processes up to N times a limit can be admitted during
+an outage, never an unlimited number. False: the request is refused with a 503
+(``rate_limit_unavailable``). The failure marks Redis down for the process
+(``muxer_project/outage.py``), so later requests take that path at once instead
+of each waiting on a timeout. When Redis comes back with its data lost, the
+windows simply start again.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from django.conf import settings
 from accounts.auth import KeyIdentity
 from muxer_project import metrics
 from muxer_project.errors import APIError
+from muxer_project.redis import redis_state
 
 logger = logging.getLogger(__name__)
 
@@ -163,17 +169,9 @@ async def admit(identity: KeyIdentity, tokens: int) -> list[tuple[bytes, bytes]]
     meters = meters_for(identity, tokens)
     if not meters:
         return []
-    try:
-        verdict = await (_redis if settings.REDIS_URL else _memory).check(meters)
-    except Exception as exc:  # noqa: BLE001 - any store failure takes the configured path
-        metrics.store_errors.labels("redis" if settings.REDIS_URL else "memory", "rate_limit").inc()
-        logger.warning("rate limit store failed (%s); %s", type(exc).__name__, _outage_word())
-        if settings.MUXER_RATELIMIT_FAIL_OPEN:
-            return []
-        raise APIError(
-            503, "Rate limits cannot be checked right now; retry shortly.", type="server_error",
-            code="rate_limit_unavailable", headers={"retry-after": "1"},
-        ) from None  # fmt: skip
+    verdict = await _check(meters)
+    if verdict is None:
+        return []
     headers = _headers(meters, verdict)
     if not verdict.admitted:
         assert verdict.refused is not None
@@ -196,8 +194,38 @@ async def admit(identity: KeyIdentity, tokens: int) -> list[tuple[bytes, bytes]]
     return headers
 
 
-def _outage_word() -> str:
-    return "admitting requests without limits" if settings.MUXER_RATELIMIT_FAIL_OPEN else "refusing requests"
+async def _check(meters: list[Meter]) -> Verdict | None:
+    """The verdict from Redis, or while it is down this process's own (None: admit without counting)."""
+    if not settings.REDIS_URL:
+        try:
+            return await _memory.check(meters)
+        except Exception as exc:  # noqa: BLE001 - any store failure takes the configured path
+            metrics.store_errors.labels("memory", "rate_limit").inc()
+            logger.warning("rate limit store failed (%s)", type(exc).__name__)
+            if not settings.MUXER_RATELIMIT_FAIL_OPEN:
+                raise _unavailable() from None
+            return None
+    if redis_state.usable():
+        try:
+            return await _redis.check(meters)
+        except Exception as exc:  # noqa: BLE001 - any store failure takes the configured path
+            redis_state.failed("rate_limit", exc)
+    redis_state.fallback("rate_limit")
+    if not settings.MUXER_RATELIMIT_FAIL_OPEN:
+        raise _unavailable()
+    try:
+        return await _memory.check(meters)
+    except Exception as exc:  # noqa: BLE001 - the fallback failing too: fail open is still the setting
+        logger.warning("rate limit fallback failed (%s); admitting without limits", type(exc).__name__)
+        return None
+
+
+def _unavailable() -> APIError:
+    """Fail closed: no store can count the request."""
+    return APIError(
+        503, "Rate limits cannot be checked right now; retry shortly.", type="server_error",
+        code="rate_limit_unavailable", headers={"retry-after": "1"},
+    )  # fmt: skip
 
 
 def _duration(ms: float) -> str:

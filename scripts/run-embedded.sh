@@ -38,7 +38,8 @@ cat <<MSG
     -d '{"model": "auto", "messages": [{"role": "user", "content": "Hello!"}]}'
 
 MSG
-"$BIN/uvicorn" muxer_project.asgi:application --host "$HOST" --port "$PORT" --no-access-log &
+# uvicorn with a graceful stop (muxer_project/serve.py). No load balancer here to drain from: stop at once.
+MUXER_SHUTDOWN_DRAIN_SECONDS=${MUXER_SHUTDOWN_DRAIN_SECONDS:-0} "$BIN/python" -m muxer_project.serve --host "$HOST" --port "$PORT" &
 server_pid=$!
 trap 'kill "$server_pid" "$fake_pid" 2>/dev/null || true' EXIT INT TERM
 wait "$server_pid"

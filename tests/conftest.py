@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +30,8 @@ from accounts.auth import forget_cached_keys
 from accounts.bruteforce import forget_login_failures
 from accounts.models import Organization, Role, User
 from billing.budgets import forget_budget_state
-from muxer_project.redis import sync_redis
+from muxer_project import redis as muxer_redis
+from muxer_project.redis import redis_state, sync_redis
 from providers.catalog import forget_catalog
 from providers.credentials import forget_organization_keys
 from providers.resilience import breaker, latency
@@ -83,6 +85,7 @@ def _forget_process_state() -> None:
     forget_login_failures()
     # Organization ids repeat across test runs, and a kept answer (in Redis) would outlive its run.
     forget_cached_answers()
+    redis_state.forget()
     if settings.REDIS_URL:
         client = sync_redis()
         stale = [*client.scan_iter(match="muxer:cb*", count=1000), *client.scan_iter(match="muxer:rl:*", count=1000)]
@@ -178,6 +181,83 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of the test's own, without persistence: a test can freeze it (SIGSTOP), thaw it,
+    stop it, and start it again empty, as a Redis restarted without AOF would be."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            [*command, "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        probe = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if probe.ping():
+                    break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        probe.close()
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.thaw()
+            stop(self.process)
+        self.process = None
+
+    def restart(self) -> None:
+        """Stopped and started again on the same port: its data is gone."""
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def redis_server(settings: Any, tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis as the gateway's Redis (``REDIS_URL``), retried every 0.25 s, for tests that break it.
+    The shared clients and Redis's state in this process are put back afterwards."""
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    saved_url, saved_client = settings.REDIS_URL, muxer_redis._sync_client
+    muxer_redis._sync_client = None
+    settings.REDIS_URL = server.url
+    settings.MUXER_REDIS_SOCKET_TIMEOUT_SECONDS = 1.0
+    settings.MUXER_REDIS_CONNECT_TIMEOUT_SECONDS = 1.0
+    settings.MUXER_REDIS_POOL_TIMEOUT_SECONDS = 1.0
+    settings.MUXER_REDIS_RETRY_SECONDS = 0.25
+    try:
+        yield server
+    finally:
+        server.stop()
+        redis_state.forget()
+        for key in [key for key in muxer_redis._blocking_clients if key[0] == server.url]:
+            muxer_redis._blocking_clients.pop(key).close()
+        if muxer_redis._sync_client is not None:
+            muxer_redis._sync_client.close()
+        # Put back now, not when the settings fixture ends: other fixtures' teardowns use Redis before that.
+        settings.REDIS_URL = saved_url
+        muxer_redis._sync_client = saved_client
 
 
 @dataclass

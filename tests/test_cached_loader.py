@@ -7,8 +7,10 @@ import threading
 import time
 
 import pytest
+from django.db import OperationalError
+from pytest_django.fixtures import Settings as SettingsWrapper
 
-from muxer_project.cached_loader import CachedLoader
+from muxer_project.cached_loader import RETRY_SECONDS, CachedLoader
 
 
 def counting_loader(ttl: float = 60.0, value: object = "v") -> tuple[CachedLoader[int, object], list[int]]:
@@ -81,3 +83,97 @@ async def test_concurrent_misses_share_one_load_on_a_worker_thread() -> None:
     assert results == ["value-3"] * 20
     assert calls == [3]
     assert threads != [threading.current_thread().name]
+
+
+# --- the database unreachable: a stale copy serves, for a while ---------------------------------
+
+
+class FlakyDatabase:
+    """A load that fails as an unreachable database does while ``down`` (after ``delay`` seconds, as a frozen one)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.down = False
+        self.delay = delay
+        self.calls = 0
+
+    def __call__(self, key: int) -> str:
+        self.calls += 1
+        if self.down:
+            time.sleep(self.delay)
+            raise OperationalError("connection refused")
+        return f"value-{key}-{self.calls}"
+
+
+@pytest.fixture
+def stale_allowance(settings: SettingsWrapper) -> SettingsWrapper:
+    settings.MUXER_STALE_CACHE_SECONDS = 60.0
+    return settings
+
+
+def test_an_expired_copy_serves_while_the_database_is_unreachable(stale_allowance: SettingsWrapper) -> None:
+    database = FlakyDatabase()
+    loader: CachedLoader[int, str] = CachedLoader("flaky", database, lambda: 0.0)
+    assert loader.get_sync(1) == "value-1-1"
+    database.down = True
+    assert loader.get_sync(1) == "value-1-1"
+    database.down = False
+    assert loader.get_sync(1) == "value-1-3"
+
+
+def test_past_the_allowance_the_outage_reaches_the_caller(stale_allowance: SettingsWrapper) -> None:
+    database = FlakyDatabase()
+    loader: CachedLoader[int, str] = CachedLoader("flaky", database, lambda: 0.0)
+    loader.get_sync(1)
+    stale_allowance.MUXER_STALE_CACHE_SECONDS = 0.0
+    database.down = True
+    with pytest.raises(OperationalError):
+        loader.get_sync(1)
+
+
+def test_a_key_never_loaded_has_no_copy_to_fall_back_on(stale_allowance: SettingsWrapper) -> None:
+    database = FlakyDatabase()
+    database.down = True
+    loader: CachedLoader[int, str] = CachedLoader("flaky", database, lambda: 60.0)
+    with pytest.raises(OperationalError):
+        loader.get_sync(1)
+
+
+def test_other_errors_are_not_hidden_behind_a_stale_copy(stale_allowance: SettingsWrapper) -> None:
+    calls: list[int] = []
+
+    def broken(key: int) -> str:
+        calls.append(key)
+        if len(calls) > 1:
+            raise ValueError("a bug, not an outage")
+        return "v"
+
+    loader: CachedLoader[int, str] = CachedLoader("broken", broken, lambda: 0.0)
+    loader.get_sync(1)
+    with pytest.raises(ValueError, match="a bug"):
+        loader.get_sync(1)
+
+
+@pytest.mark.asyncio
+async def test_while_down_a_stale_copy_answers_at_once_and_the_database_is_retried_behind_it(
+    stale_allowance: SettingsWrapper,
+) -> None:
+    database = FlakyDatabase(delay=0.3)  # a frozen database: each attempt takes its time to fail
+    loader: CachedLoader[int, str] = CachedLoader("frozen", database, lambda: 0.0)
+    assert await loader.get(1) == "value-1-1"
+    database.down = True
+    assert await loader.get(1) == "value-1-1"  # this one waited for the failed attempt
+    attempts = database.calls
+
+    started = time.perf_counter()
+    answers = [await loader.get(1) for _ in range(20)]
+    assert answers == ["value-1-1"] * 20
+    assert time.perf_counter() - started < 0.2
+    # At most one background attempt started meanwhile, not one per request.
+    assert database.calls - attempts <= 1
+
+    database.down = False
+    await asyncio.sleep(RETRY_SECONDS + 0.4)
+    await loader.get(1)  # starts the background reload that finds the database back
+    await asyncio.sleep(0.1)
+    # Back: loads run again (a loader still marked down would keep answering with the old copy).
+    assert await loader.get(1) != "value-1-1"

@@ -300,7 +300,29 @@ async def test_when_redis_is_unreachable_an_event_is_written_directly(
     [row] = await in_worker_thread(lambda: list(UsageRecord.objects.all()))()
     assert row.request_id == "req_unqueued"
     assert row.cost_usd == Decimal("0.00000014")
-    [warning] = caplog.records
+    # (Redis's own transition to down is logged once too, by muxer_project.outage.)
+    [warning] = [record for record in caplog.records if record.name == "billing.usage"]
     assert warning.levelno == logging.WARNING
     assert warning.getMessage().startswith("usage stream unavailable")
     assert warning.getMessage().endswith("writing usage req_unqueued directly")
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_an_event_the_database_refuses_is_set_aside_and_the_rest_is_written(key: APIKey, usage_stream: str) -> None:
+    # An event whose key no longer exists can never be written; retrying it would block every event behind it.
+    emit(event(key, "req_before"))
+    emit(event(key, "req_orphan", api_key_id=key.pk + 10_000))
+    emit(event(key, "req_after"))
+
+    assert usage_drain(block_ms=0) == 3
+
+    assert sorted(UsageRecord.objects.values_list("request_id", flat=True)) == ["req_after", "req_before"]
+    assert usage_pending() == 0
+    aside: Any = muxer_redis.sync_redis().xrange(f"{usage_stream}:rejected")
+    assert [orjson.loads(fields[b"e"])["request_id"] for _id, fields in aside] == ["req_orphan"]
+    # The next pass has nothing left to retry.
+    emit(event(key, "req_later"))
+    assert usage_drain(block_ms=0) == 1
+    assert UsageRecord.objects.filter(request_id="req_later").exists()
+    muxer_redis.sync_redis().delete(f"{usage_stream}:rejected")

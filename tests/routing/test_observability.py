@@ -168,3 +168,18 @@ async def test_an_unsafe_request_id_is_replaced(api_key: str, upstream: FakeUpst
     reply = await post(chat(), key=api_key, extra_headers=[(b"x-request-id", b"bad id\twith spaces")])
 
     assert reply.headers["x-request-id"].startswith("req_")
+
+
+async def test_messages_refusals_are_counted_too(
+    organization: Organization, owner: User, catalog: None, upstream: FakeUpstream
+) -> None:
+    org = str(organization.pk)
+    issued = await in_thread(issue_key, organization, created_by=owner)
+    await in_thread(APIKey.objects.filter(pk=issued.api_key.pk).update, rpm_limit=1)
+    before = sample("muxer_rate_limited_total", org=org, endpoint="messages")
+    body = {"model": "fake-small", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello"}]}
+
+    statuses = [(await post(body, key=issued.secret, path="/v1/messages")).status for _ in range(2)]
+
+    assert statuses == [200, 429]
+    assert sample("muxer_rate_limited_total", org=org, endpoint="messages") == before + 1

@@ -349,3 +349,31 @@ async def test_the_admin_shows_each_models_circuit(
 
     assert '<td class="field-circuit">open</td>' in page
     assert '<td class="field-circuit">closed</td>' in page  # fake-large
+
+
+@pytest.mark.redis
+async def test_another_instances_successes_break_a_streak_of_failures(
+    upstream: FakeUpstream, settings: SettingsWrapper, catalog: None
+) -> None:
+    # Found by the soak: faults aimed at a few requests, all landing on one worker while the other served
+    # hundreds of successes, counted as "5 consecutive failures" and opened the circuit for everyone.
+    settings.MUXER_BREAKER_FAILURE_THRESHOLD = 5
+    settings.MUXER_BREAKER_COOLDOWN_SECONDS = 60
+    model = (await get_catalog()).get("fake-small")
+    assert model is not None
+    failing, serving = CircuitBreaker(), CircuitBreaker()
+    assert await serving.allow(model)  # the serving instance has seen the circuit closed and clean
+
+    for _ in range(3):
+        await failing.record(model, ok=False)
+    await serving.record(model, ok=True)
+    for _ in range(2):
+        await failing.record(model, ok=False)
+
+    assert await CircuitBreaker().allow(model)
+    # With no success anywhere, five in a row still open it.
+    lone = (await get_catalog()).get("fake-medium")
+    assert lone is not None
+    for _ in range(5):
+        await failing.record(lone, ok=False)
+    assert not await CircuitBreaker().allow(lone)
