@@ -127,7 +127,9 @@ def live_server_process(
         if settings.REDIS_URL:
             from muxer_project.redis import sync_redis
 
-            sync_redis().delete(stream, queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+            sync_redis().delete(
+                stream, f"{stream}:rejected", queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"
+            )
 
 
 @pytest.fixture
