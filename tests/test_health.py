@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,11 +15,10 @@ from pytest_django.fixtures import DjangoAssertNumQueries
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from muxer_project import health
-from muxer_project import redis as muxer_redis
 from providers.catalog import get_catalog_sync
 from providers.models import Model
 from providers.resilience import breaker
-from tests.conftest import free_port
+from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.django_db
 
@@ -95,46 +91,19 @@ def test_every_circuit_open_makes_the_instance_unready(
 
 
 @pytest.fixture
-def private_redis(settings: SettingsWrapper, tmp_path: Any) -> Iterator[subprocess.Popen[bytes]]:
-    """A redis-server on a free port, used as the cache store and the broker; the shared clients are put back."""
-    port = free_port()
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(
-        [*command, "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("redis-server did not start")
-        time.sleep(0.05)
-    url = f"redis://127.0.0.1:{port}/0"
-    saved_client = muxer_redis._sync_client
-    muxer_redis._sync_client = None
-    settings.REDIS_URL = url
-    settings.CELERY_BROKER_URL = url
+def private_redis(redis_server: RedisServer, settings: SettingsWrapper) -> Iterator[RedisServer]:
+    """The test's own Redis (tests/conftest.py), also as the Celery broker, with short readiness timeouts."""
+    settings.CELERY_BROKER_URL = redis_server.url
     settings.CELERY_TASK_ALWAYS_EAGER = False
     settings.MUXER_READY_TIMEOUT_SECONDS = 0.5
     health._probe_client.cache_clear()
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGCONT)
-            process.kill()
-        process.wait(timeout=10)
-        muxer_redis._sync_client = saved_client
-        health._probe_client.cache_clear()
+    yield redis_server
+    health._probe_client.cache_clear()
 
 
 @pytest.mark.parametrize("stop", ["terminated", "frozen"])
 def test_a_stopped_redis_is_reported_within_the_timeout_and_recovery_is_seen(
-    client: Client, catalog: None, private_redis: subprocess.Popen[bytes], stop: str
+    client: Client, catalog: None, private_redis: RedisServer, stop: str
 ) -> None:
     status, body = ready(client)
     assert status == 200, body
@@ -142,10 +111,9 @@ def test_a_stopped_redis_is_reported_within_the_timeout_and_recovery_is_seen(
     assert body["checks"]["broker"]["detail"] == "pong"
 
     if stop == "terminated":
-        private_redis.terminate()
-        private_redis.wait(timeout=10)
+        private_redis.stop()
     else:
-        os.kill(private_redis.pid, signal.SIGSTOP)
+        private_redis.freeze()
     started = time.monotonic()
     status, body = ready(client)
     took = time.monotonic() - started
@@ -161,6 +129,6 @@ def test_a_stopped_redis_is_reported_within_the_timeout_and_recovery_is_seen(
     assert took < 5
 
     if stop == "frozen":
-        os.kill(private_redis.pid, signal.SIGCONT)
+        private_redis.thaw()
         status, body = ready(client)
         assert status == 200, body
