@@ -18,11 +18,15 @@ RUN pip install -r requirements/base.txt
 
 COPY . .
 # Static files for the admin and console are collected at build time; the
-# secret here exists only for this step.
+# secret here exists only for this step. prometheus_client turns multiprocess mode on
+# whenever PROMETHEUS_MULTIPROC_DIR is set, and then fails if the directory is missing:
+# collectstatic runs without it, and the image ships the directory, owned by the
+# runtime user, so `manage.py migrate`, `usage_writer` and Celery start in this image too.
 RUN SECRET_KEY=build-only-secret-key-that-is-never-used-at-runtime-0123456789 ALLOWED_HOSTS=build \
-    python manage.py collectstatic --noinput \
+    env -u PROMETHEUS_MULTIPROC_DIR python manage.py collectstatic --noinput \
  && useradd --system --uid 10001 --no-create-home muxer \
- && chown -R muxer /app/staticfiles
+ && chown -R muxer /app/staticfiles \
+ && install -d -o muxer "$PROMETHEUS_MULTIPROC_DIR"
 
 USER muxer
 EXPOSE 8000
@@ -34,5 +38,7 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
 # unready, serves MUXER_SHUTDOWN_DRAIN_SECONDS more, then lets requests in flight finish for up to
 # MUXER_SHUTDOWN_GRACE_SECONDS and records their usage. Give the container longer than both before SIGKILL
 # (`docker stop -t 30`, compose `stop_grace_period: 30s`, Kubernetes `terminationGracePeriodSeconds: 30`).
+# --forwarded-allow-ips: the peers whose X-Forwarded-For/-Proto uvicorn believes (FORWARDED_ALLOW_IPS; only
+# 127.0.0.1 unless set). Set it to the load balancer's addresses, or "*" when nothing else can reach the gateway.
 STOPSIGNAL SIGTERM
-CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec python -m muxer_project.serve --host 0.0.0.0 --port $PORT --workers $WEB_CONCURRENCY --loop uvloop --http httptools --proxy-headers --forwarded-allow-ips='*'"]
+CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec python -m muxer_project.serve --host 0.0.0.0 --port $PORT --workers $WEB_CONCURRENCY --loop uvloop --http httptools --proxy-headers --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-127.0.0.1}\""]

@@ -8,7 +8,7 @@ FAKE_UPSTREAM_ADDR ?= 127.0.0.1:9100
 
 export HOST PORT FAKE_UPSTREAM_ADDR
 
-.PHONY: run test install install-dev lint bench soak clean chromium promtool
+.PHONY: run test install install-dev lint bench soak clean chromium promtool nginx
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,16 @@ promtool:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; }
 
-test: install-dev chromium promtool
+# The multi-instance tests (tests/scale/) put Debian's nginx in front of two gateway instances; install it when
+# missing (as root; nginx-light, the smallest build). It lives in /usr/sbin, which a user's PATH may lack. Outside a
+# container the package also starts its server on port 80; the tests run their own.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+	  [ "$$(id -u)" = 0 ] || { echo "the multi-instance tests need nginx: sudo apt-get install nginx-light" >&2; exit 1; }; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q nginx-light >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; }; }
+
+test: install-dev chromium promtool nginx
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev

@@ -835,6 +835,35 @@ def _replay_in_worker(missed: Missed) -> None:
         close_old_connections()
 
 
+_last_rebuild_request = 0.0
+
+
+def counters_lost() -> None:
+    """A hold this process took is gone from Redis: Redis lost its data (restarted without persistence) under
+    requests in flight. Counters rebuilt meanwhile were built from a ledger that the usage of those requests had
+    not reached yet (it was on its way, or on the stream Redis lost), so every budget is brought to the ledger
+    once that usage has been written: ``budget_counters_reconcile`` is queued for the Celery workers, to run
+    ``MUXER_BUDGET_REBUILD_DELAY_SECONDS`` from now; at most once per that delay per process."""
+    global _last_rebuild_request
+    now = time.monotonic()
+    delay = settings.MUXER_BUDGET_REBUILD_DELAY_SECONDS
+    if now - _last_rebuild_request < delay:
+        return
+    _last_rebuild_request = now
+    logger.warning("budget holds lost with Redis's data: counters reconciled to the ledger in %.0f s", delay)
+
+    def enqueue() -> None:
+        from .tasks import budget_counters_reconcile_task
+
+        try:
+            budget_counters_reconcile_task.apply_async(countdown=delay)
+        except Exception as exc:  # noqa: BLE001 - the scheduled reconcile corrects it later
+            logger.warning("budget reconcile could not be queued (%s)", type(exc).__name__)
+
+    # Publishing waits on the broker: never on the event loop.
+    threading.Thread(target=enqueue, name="budget-reconcile-enqueue", daemon=True).start()
+
+
 _RECOVERY_ROUNDS = 20
 
 
@@ -849,6 +878,7 @@ async def _recover_counters() -> None:
         try:
             for rid, sent in list(unsure.items()):
                 if not await _redis.settle_if_held(rid, sent.actuals):
+                    counters_lost()  # the hold is gone: it was settled, or Redis lost it with its data
                     for entry, (key, units) in zip(sent.entries, sent.actuals, strict=True):
                         if units and await _redis.built(key) > sent.made:
                             _unrecorded.miss([entry], [(key, units)], tenth=sent.settled)
@@ -1079,6 +1109,7 @@ async def _count_where_missing(
     for entry, (key, units), result in zip(entries, actuals, results, strict=True):
         if result is not None or not units:
             continue
+        counters_lost()
         try:
             await _initialise(entry)
             await _redis.add(key, units)

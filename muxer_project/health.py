@@ -17,6 +17,20 @@ rather than hang the probe:
 A worker that has been told to stop (SIGTERM, see ``muxer_project/serve.py``)
 answers 503 ``draining`` at once, without asking anything, so a load balancer
 takes it out of rotation while it finishes what it is serving.
+
+A failing check makes the answer 503 only when it is listed in
+``MUXER_READY_REQUIRES`` (none by default); otherwise the answer is 200 with
+``"status": "degraded"`` and the same detail. The database, Redis, the broker
+and the breakers are shared by every instance: failing readiness on them would
+take every instance out of rotation at once, leaving a load balancer nothing
+to send to, while the gateway is built to keep serving through their outages
+(cached keys, per-process limits, budgets against the ledger). Their state is
+watched by ``muxer_dependency_up`` and its alerts instead.
+
+These paths, and ``/metrics``, are answered by :class:`ProbeMiddleware` ahead
+of the rest of the middleware: an orchestrator or Prometheus reaches an
+instance by its address over plain HTTP, so neither the ``ALLOWED_HOSTS``
+check nor the HTTPS redirect may apply to them.
 """
 
 from __future__ import annotations
@@ -31,7 +45,7 @@ from urllib.parse import urlsplit
 import redis
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from muxer_project.lifespan import process_state
 
@@ -143,7 +157,8 @@ def check_dependencies() -> dict[str, Check]:
     return {"database": check_database(), "redis": check_redis(), "broker": check_broker()}
 
 
-def readiness() -> tuple[bool, dict[str, Check]]:
+def readiness() -> tuple[str, dict[str, Check]]:
+    """``ok``, ``degraded`` (a check failing that readiness does not require) or ``unavailable``."""
     checks = check_dependencies()
     # The breakers live in the database's catalog and Redis: with either down, asking them would only hang.
     if not checks["database"].ok:
@@ -152,7 +167,10 @@ def readiness() -> tuple[bool, dict[str, Check]]:
         checks["providers"] = Check(False, "needs Redis")
     else:
         checks["providers"] = check_providers()
-    return all(check.ok for check in checks.values()), checks
+    failing = {name for name, check in checks.items() if not check.ok}
+    if not failing:
+        return "ok", checks
+    return ("unavailable" if failing & set(settings.MUXER_READY_REQUIRES) else "degraded"), checks
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -161,7 +179,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: every dependency answers and some provider can be called; 503 with the detail otherwise.
+    """Readiness: 503 while draining or when a check ``MUXER_READY_REQUIRES`` lists fails; else 200 with each
+    check's detail (``degraded`` when one fails).
 
     Circuits that are not closed are listed too: one open circuit is not fatal,
     since other models still serve.
@@ -172,7 +191,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
         draining = JsonResponse({"status": "draining"}, status=503, headers={"Cache-Control": "no-store"})
         draining._has_been_logged = True  # type: ignore[attr-defined]
         return draining
-    ready, checks = readiness()
+    status, checks = readiness()
     circuits: dict[str, str] | str = "unknown"
     if checks["redis"].ok:
         try:
@@ -181,13 +200,34 @@ def readyz(request: HttpRequest) -> JsonResponse:
             circuits = type(exc).__name__
     response = JsonResponse(
         {
-            "status": "ok" if ready else "unavailable",
+            "status": status,
             "checks": {name: check.as_dict() for name, check in checks.items()},
             "circuits": circuits,
         },
-        status=200 if ready else 503,
+        status=503 if status == "unavailable" else 200,
         headers={"Cache-Control": "no-store"},
     )
     # An unready instance is an answer, not a server error: the access log has it, django.request need not.
     response._has_been_logged = True  # type: ignore[attr-defined]
     return response
+
+
+class ProbeMiddleware:
+    """``/healthz``, ``/readyz`` and ``/metrics`` answered first, before host validation and the HTTPS redirect
+    (see the module's docstring); each view does its own access control. Everything else goes on as usual."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        from muxer_project.metrics import metrics_view
+
+        self.get_response = get_response
+        self.probes: dict[str, Callable[[HttpRequest], HttpResponse]] = {
+            "/healthz": healthz,
+            "/readyz": readyz,
+            "/metrics": metrics_view,
+        }
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        probe = self.probes.get(request.path_info)
+        if probe is not None and request.method in ("GET", "HEAD"):
+            return probe(request)
+        return self.get_response(request)

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,14 @@ async def finish_gateway_work(seconds: float = USAGE_FLUSH_SECONDS) -> int:
     return left
 
 
+def bound_database_threads() -> None:
+    """The proxy's database work (cache loads, budget reads, direct usage writes) runs on the event loop's default
+    thread pool, one connection per thread: its size, ``MUXER_DB_THREADS``, bounds a worker's connections."""
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=settings.MUXER_DB_THREADS, thread_name_prefix="muxer-db")
+    )
+
+
 class LifespanApp:
     async def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         from providers.http import close_http_client
@@ -69,6 +79,7 @@ class LifespanApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                bound_database_threads()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 process_state.begin_draining()

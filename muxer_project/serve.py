@@ -2,7 +2,7 @@
 
     python -m muxer_project.serve [--host H] [--port P] [--workers N] [--log-level L] [--access-log]
                                   [--proxy-headers] [--forwarded-allow-ips IPS] [--limit-concurrency N]
-                                  [--loop L] [--http H]
+                                  [--loop L] [--http H] [--timeout-keep-alive S]
 
 The same server as ``uvicorn muxer_project.asgi:application`` (``--workers``
 runs uvicorn's own supervisor), except how a worker stops. uvicorn stops
@@ -22,19 +22,23 @@ sending it requests. Here, on SIGTERM, a worker:
 With ``--workers N`` the supervisor passes SIGTERM on to each worker, and each
 drains as above. SIGINT (Ctrl+C in a terminal) skips the drain period; a
 second SIGINT stops at once. Defaults come from the environment: ``HOST``,
-``PORT``, ``WEB_CONCURRENCY``.
+``PORT``, ``WEB_CONCURRENCY``, ``MUXER_KEEP_ALIVE_SECONDS``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import math
 import os
+import selectors
 import signal
+import socket
 import sys
 import time
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
@@ -43,6 +47,10 @@ from uvicorn.supervisors import multiprocess
 logger = logging.getLogger("muxer.serve")
 
 APP = "muxer_project.asgi:application"
+# At shutdown: how long the loop keeps accepting connections the kernel has already queued before the listening
+# socket closes, and how long a connection made just before then has to send its request (GracefulServer.shutdown).
+ACCEPT_QUEUE_SECONDS = 0.5
+FRESH_CONNECTION_SECONDS = 1.0
 
 
 class GracefulServer(uvicorn.Server):
@@ -90,6 +98,44 @@ class GracefulServer(uvicorn.Server):
                 self.should_exit = True
         return await super().on_tick(counter)
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown, without resetting connections that clients have already made.
+
+        Closing a listening socket resets every connection the kernel has queued for
+        it, and uvicorn then closes each connection whose request has not arrived
+        yet, unread bytes and all. Either way a client that has already sent its
+        request (a proxy, on a fresh connection) gets a reset, and a proxy does not
+        retry a POST it has sent. So the loop first accepts what is queued (for up
+        to ACCEPT_QUEUE_SECONDS), and connections still waiting for their request
+        get up to FRESH_CONNECTION_SECONDS to send it; Go's http.Server.Shutdown
+        spares new connections the same way.
+        """
+        if not self.force_exit:
+            listeners = [sock for server in self.servers for sock in server.sockets]
+            deadline = time.monotonic() + ACCEPT_QUEUE_SECONDS
+            # Polled: nothing signals that the kernel's queue has emptied.
+            while listeners and time.monotonic() < deadline and _readable(listeners):  # noqa: ASYNC110
+                await asyncio.sleep(0)  # the event loop accepts what is queued
+            for server in self.servers:
+                server.close()
+            for sock in sockets or []:
+                sock.close()
+            deadline = time.monotonic() + FRESH_CONNECTION_SECONDS
+            # An HTTP connection's cycle is None until its first request's headers are in (websockets have none).
+            while time.monotonic() < deadline and any(  # noqa: ASYNC110 - uvicorn's protocols signal nothing here
+                getattr(c, "cycle", False) is None for c in self.server_state.connections
+            ):
+                await asyncio.sleep(0.005)
+        await super().shutdown(sockets)
+
+
+def _readable(sockets: list[Any]) -> bool:
+    """Whether any of these listening sockets has a connection waiting to be accepted."""
+    with selectors.DefaultSelector() as selector:
+        for sock in sockets:
+            selector.register(sock, selectors.EVENT_READ)
+        return bool(selector.select(0))
+
 
 def _sample_inflight() -> None:
     from muxer_project import metrics
@@ -128,6 +174,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--loop", default="auto", help="auto picks uvloop when installed")
     parser.add_argument("--http", default="auto", help="auto picks httptools when installed")
+    parser.add_argument(
+        "--timeout-keep-alive",
+        type=int,
+        default=int(os.environ.get("MUXER_KEEP_ALIVE_SECONDS", "5")),
+        help="seconds an idle keep-alive connection stays open; behind a proxy that reuses connections, longer "
+        "than the proxy's own idle timeout",
+    )
     return parser.parse_args(argv)
 
 
@@ -147,6 +200,7 @@ def build_config(args: argparse.Namespace) -> uvicorn.Config:
         limit_concurrency=args.limit_concurrency,
         loop=args.loop,
         http=args.http,
+        timeout_keep_alive=args.timeout_keep_alive,
         timeout_graceful_shutdown=math.ceil(settings.MUXER_SHUTDOWN_GRACE_SECONDS),
     )
 

@@ -74,6 +74,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Health probes and the metrics scrape, before host validation and the HTTPS redirect (muxer_project/health.py).
+    "muxer_project.health.ProbeMiddleware",
     # django-prometheus times everything between its two halves, first and last.
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     # Early, so every response carries X-Request-ID and audit events know the request (audit/context.py).
@@ -192,6 +194,17 @@ else:
 
 # --- Celery ----------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
+# A frozen broker must not hang a publish (a budget alert queued from a settlement) or a worker: commands give
+# up after this long. It must exceed the worker's BRPOP wait (kombu's brpop_timeout, 1 s).
+MUXER_BROKER_SOCKET_TIMEOUT_SECONDS = env.float("MUXER_BROKER_SOCKET_TIMEOUT_SECONDS", default=5.0)
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "socket_timeout": MUXER_BROKER_SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": MUXER_REDIS_CONNECT_TIMEOUT_SECONDS,
+    }
+# A publish that fails is tried twice more, within about a second, then given up (and logged by the caller).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -472,6 +485,9 @@ MUXER_RATELIMIT_FAIL_OPEN = env.bool("MUXER_RATELIMIT_FAIL_OPEN", default=True)
 MUXER_BUDGET_CACHE_SECONDS = env.float("MUXER_BUDGET_CACHE_SECONDS", default=2.0)
 # A reservation a crashed worker never settled is released after this; longer than any request.
 MUXER_BUDGET_RESERVATION_SECONDS = env.int("MUXER_BUDGET_RESERVATION_SECONDS", default=900)
+# After Redis lost its data under requests in flight, budgets are reconciled to the ledger this much later
+# (time for their usage to reach the ledger), by a Celery worker (billing/budgets.py, counters_lost).
+MUXER_BUDGET_REBUILD_DELAY_SECONDS = env.float("MUXER_BUDGET_REBUILD_DELAY_SECONDS", default=5.0)
 # Redis stream that carries usage events from the proxy to the usage writer.
 MUXER_USAGE_STREAM = env.str("MUXER_USAGE_STREAM", default="muxer:usage")
 # --- Usage rollups and retention (billing/rollups.py) ---
@@ -516,6 +532,9 @@ MUXER_METRICS_ALLOWED_NETWORKS = env.list("MUXER_METRICS_ALLOWED_NETWORKS", defa
 MUXER_METRICS_MAX_BUDGETS = env.int("MUXER_METRICS_MAX_BUDGETS", default=2000)
 # Each readiness check (database, Redis, broker) gives up after this long, so a frozen store fails fast.
 MUXER_READY_TIMEOUT_SECONDS = env.float("MUXER_READY_TIMEOUT_SECONDS", default=2.0)
+# Checks whose failure makes /readyz answer 503 (database, redis, broker, providers). None by default: they are
+# shared by every instance, so failing readiness on them would take all instances out of rotation at once.
+MUXER_READY_REQUIRES = env.list("MUXER_READY_REQUIRES", default=[])
 # django-prometheus would query the migration table at start-up; readiness covers the database instead.
 PROMETHEUS_EXPORT_MIGRATIONS = False
 
@@ -527,6 +546,9 @@ MUXER_SHUTDOWN_DRAIN_SECONDS = env.float("MUXER_SHUTDOWN_DRAIN_SECONDS", default
 MUXER_SHUTDOWN_GRACE_SECONDS = env.float("MUXER_SHUTDOWN_GRACE_SECONDS", default=20.0)
 # Proxy requests one worker serves at once; past it the next gets 503 "overloaded" at once. 0: no cap.
 MUXER_MAX_INFLIGHT_REQUESTS = env.int("MUXER_MAX_INFLIGHT_REQUESTS", default=1000)
+# Threads (each with at most one database connection) for a worker's proxy-side database work: cache loads,
+# budget ledger reads, direct usage writes. Set at the ASGI lifespan's startup (muxer_project/lifespan.py).
+MUXER_DB_THREADS = env.int("MUXER_DB_THREADS", default=8)
 # While the database is unreachable, a process keeps using its cached keys, catalog, budgets and routers for
 # this long past their usual lifetime (the usual lifetimes are seconds). 0: never serve a stale copy.
 MUXER_STALE_CACHE_SECONDS = env.float("MUXER_STALE_CACHE_SECONDS", default=300.0)

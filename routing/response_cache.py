@@ -28,7 +28,9 @@ answer its judge accepted. ``/v1/messages`` is not cached.
 
 Entries live in Django's cache under the ``responses`` alias (Redis when
 configured, else process memory). The cache is an optimisation: any failure of
-its backend is logged and the request is answered as a miss.
+its backend is logged and the request is answered as a miss; while the process
+has marked the gateway's Redis down (``muxer_project/outage.py``) a cache on that
+Redis is not asked at all.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from django.core.cache import caches
 
 from accounts.auth import KeyIdentity
 from muxer_project.errors import invalid_request
+from muxer_project.redis import redis_usable
 from providers.adapters import Usage
 
 from .schema import STRATEGY_ALIASES, ChatRequest, RoutingOptions
@@ -188,7 +191,15 @@ def fresh_completion(body: dict[str, Any]) -> None:
     body["created"] = int(time.time())
 
 
+def _backend_usable() -> bool:
+    """False while the cache lives on the gateway's Redis and this process has marked that Redis down: skipping
+    it costs a miss, where asking it would cost every eligible request a timeout."""
+    return settings.MUXER_RESPONSE_CACHE_URL != settings.REDIS_URL or redis_usable()
+
+
 async def cached_answer_get(key: str) -> CachedAnswer | None:
+    if not _backend_usable():
+        return None
     try:
         raw = await caches[ALIAS].aget(key)
     except Exception as exc:  # noqa: BLE001 - the cache is an optimisation; a broken one is a miss
@@ -204,6 +215,8 @@ async def cached_answer_get(key: str) -> CachedAnswer | None:
 
 
 async def cached_answer_store(key: str, entry: bytes, *, ttl: int) -> None:
+    if not _backend_usable():
+        return
     try:
         await caches[ALIAS].aset(key, entry, timeout=ttl)
     except Exception as exc:  # noqa: BLE001 - a lost entry only costs a later miss

@@ -52,8 +52,14 @@ def test_readiness_on_the_embedded_default_checks_everything_and_passes(client: 
     assert body["checks"]["providers"]["detail"].endswith("models' circuits closed")
 
 
+@pytest.fixture
+def strict(settings: SettingsWrapper) -> None:
+    """Readiness that requires every check (by default none is required)."""
+    settings.MUXER_READY_REQUIRES = ["database", "redis", "broker", "providers"]
+
+
 def test_a_failing_database_is_reported_and_the_provider_check_waits_for_it(
-    client: Client, catalog: None, monkeypatch: pytest.MonkeyPatch
+    client: Client, catalog: None, monkeypatch: pytest.MonkeyPatch, strict: None
 ) -> None:
     def refused(*args: object, **kwargs: object) -> None:
         raise OperationalError("connection refused")
@@ -70,7 +76,7 @@ def test_a_failing_database_is_reported_and_the_provider_check_waits_for_it(
 
 
 def test_every_circuit_open_makes_the_instance_unready(
-    client: Client, catalog: None, settings: SettingsWrapper
+    client: Client, catalog: None, settings: SettingsWrapper, strict: None
 ) -> None:
     settings.MUXER_BREAKER_FAILURE_THRESHOLD = 1
     Model.objects.exclude(name="fake-small").update(enabled=False)
@@ -103,7 +109,7 @@ def private_redis(redis_server: RedisServer, settings: SettingsWrapper) -> Itera
 
 @pytest.mark.parametrize("stop", ["terminated", "frozen"])
 def test_a_stopped_redis_is_reported_within_the_timeout_and_recovery_is_seen(
-    client: Client, catalog: None, private_redis: RedisServer, stop: str
+    client: Client, catalog: None, private_redis: RedisServer, stop: str, strict: None
 ) -> None:
     status, body = ready(client)
     assert status == 200, body
@@ -132,3 +138,35 @@ def test_a_stopped_redis_is_reported_within_the_timeout_and_recovery_is_seen(
         private_redis.thaw()
         status, body = ready(client)
         assert status == 200, body
+
+
+def test_by_default_a_failing_shared_dependency_leaves_the_instance_ready_and_says_degraded(
+    client: Client, catalog: None, private_redis: RedisServer
+) -> None:
+    private_redis.stop()
+
+    status, body = ready(client)
+
+    # Every instance shares this Redis: failing readiness would take them all out of rotation at once.
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert body["checks"]["redis"]["status"] == "failing"
+    assert body["checks"]["database"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_probes_answer_an_instance_address_over_http_under_production_host_rules(
+    client: Client, catalog: None, settings: SettingsWrapper, path: str
+) -> None:
+    settings.ALLOWED_HOSTS = ["gateway.example.com"]
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_REDIRECT_EXEMPT = []
+
+    # A kubelet or Prometheus asks the pod by its address, over plain HTTP.
+    probe = client.get(path, HTTP_HOST="10.1.2.3:8000")
+    page = client.get("/console/login/", HTTP_HOST="10.1.2.3:8000")
+    redirected = client.get("/console/login/", HTTP_HOST="gateway.example.com")
+
+    assert probe.status_code == 200
+    assert page.status_code == 400  # every other path still validates the host
+    assert redirected.status_code == 301  # and is redirected to HTTPS

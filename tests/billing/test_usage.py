@@ -326,3 +326,39 @@ def test_an_event_the_database_refuses_is_set_aside_and_the_rest_is_written(key:
     assert usage_drain(block_ms=0) == 1
     assert UsageRecord.objects.filter(request_id="req_later").exists()
     muxer_redis.sync_redis().delete(f"{usage_stream}:rejected")
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_a_batch_whose_stream_was_lost_while_written_brings_the_budgets_to_the_ledger(
+    key: APIKey, usage_stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from billing import usage as usage_module
+    from billing.budgets import RedisCounters, ledger_spent_units, rule_from
+    from billing.models import Budget
+
+    budget = Budget.objects.create(
+        organization=key.organization, scope="organization", period="monthly", limit_usd=Decimal("1")
+    )
+    rule = rule_from(budget, key.organization.timezone)
+    start, _end = rule.window(datetime.now(UTC))
+    counter_key = rule.counter_key(start)
+    emit(event(key, created_at=datetime.now(UTC).timestamp()))
+    write = usage_module.usage_write_batch
+
+    def write_then_lose_redis(events: list[UsageEvent]) -> None:
+        write(events)
+        # Redis restarted without its data while the batch was being written; a request then rebuilt the
+        # budget's counter from the ledger, which did not have the batch yet.
+        client = muxer_redis.sync_redis()
+        client.delete(usage_stream)
+        RedisCounters().build(counter_key, 0, 0)
+
+    monkeypatch.setattr(usage_module, "usage_write_batch", write_then_lose_redis)
+
+    assert usage_drain(block_ms=0) == 1
+
+    assert UsageRecord.objects.count() == 1
+    found = RedisCounters().read(counter_key)
+    assert found is not None
+    assert found[0] == ledger_spent_units(rule, start, None) == 1400

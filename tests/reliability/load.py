@@ -25,6 +25,7 @@ class Outcome:
     body: bytes = b""
     error: str = ""
     chunks_read: int = 0
+    started: float = 0.0  # time.monotonic() when sent
 
 
 @dataclass
@@ -67,10 +68,12 @@ async def drive(
     read_chunks: Callable[[int], int | None] | None = None,
     request_seconds: float = 30.0,
     during: Callable[[int], None] | None = None,
+    stop_when: Callable[[], bool] | None = None,
 ) -> Run:
     """Send ``count`` requests (``bodies(i)``), ``concurrency`` in flight. ``read_chunks(i)``: for a streamed
     request, how many body chunks to read before closing the connection (None: read it all). ``during(i)`` runs
-    just before request i is sent (to inject a fault mid-load)."""
+    just before request i is sent (to inject a fault mid-load). ``stop_when()``, asked before each request, ends the
+    run early when it returns True (a load bounded by time rather than count)."""
     run = Run()
     queue = list(range(count))
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=True)
@@ -78,7 +81,7 @@ async def drive(
     async with aiohttp.ClientSession(connector=connector, timeout=limits) as session:
 
         async def worker() -> None:
-            while queue:
+            while queue and not (stop_when is not None and stop_when()):
                 index = queue.pop(0)
                 if during is not None:
                     during(index)
@@ -99,6 +102,7 @@ async def _one(
     read_chunks: Callable[[int], int | None] | None,
 ) -> Outcome:
     request_id = new_request_id(prefix)
+    sent_at = time.monotonic()
     sent = {"Authorization": f"Bearer {key}", "X-Request-ID": request_id, **(headers or {})}
     started = time.perf_counter()
     limit = read_chunks(index) if read_chunks is not None else None
@@ -106,7 +110,7 @@ async def _one(
         async with session.post(f"{url}/v1/chat/completions", json=body, headers=sent) as response:
             if limit is None:
                 payload = await response.read()
-                return Outcome(request_id, response.status, time.perf_counter() - started, payload)
+                return Outcome(request_id, response.status, time.perf_counter() - started, payload, started=sent_at)
             read = 0
             async for _chunk in response.content.iter_any():
                 read += 1
@@ -114,9 +118,9 @@ async def _one(
                     break
             # Leaving the block without reading the rest closes the connection (force_close): a disconnect.
             response.close()
-            return Outcome(request_id, 499, time.perf_counter() - started, chunks_read=read)
+            return Outcome(request_id, 499, time.perf_counter() - started, chunks_read=read, started=sent_at)
     except (TimeoutError, aiohttp.ClientError) as exc:
-        return Outcome(request_id, 0, time.perf_counter() - started, error=type(exc).__name__)
+        return Outcome(request_id, 0, time.perf_counter() - started, error=type(exc).__name__, started=sent_at)
 
 
 def jitter(seed: int) -> random.Random:

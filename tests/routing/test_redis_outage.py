@@ -228,3 +228,36 @@ def test_the_usage_writers_client_waits_longer_than_its_block(redis_server: Redi
     assert blocking["socket_timeout"] == 2.0
     # A long poll on a healthy Redis is not a timeout.
     assert usage_drain(block_ms=1000) == 0
+
+
+async def test_the_response_cache_on_a_redis_marked_down_is_not_asked(
+    organization: Organization,
+    owner: User,
+    catalog: None,
+    upstream: FakeUpstream,
+    redis_server: RedisServer,
+    settings: SettingsWrapper,
+) -> None:
+    settings.MUXER_RESPONSE_CACHE_URL = settings.REDIS_URL
+    settings.CACHES = {
+        **settings.CACHES,
+        "responses": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": settings.REDIS_URL,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
+        },
+    }
+    key = await in_thread(limited_key, organization, owner, rpm_limit=100)
+    first, _ = await timed_post(key, temperature=0)
+    assert first.headers["x-muxer-cache"] == "miss"
+
+    redis_server.freeze()
+    marking, _ = await timed_post(key, temperature=0)  # pays the timeout once and marks Redis down
+    assert not redis_state.up
+    replies = [await timed_post(key, temperature=0) for _ in range(4)]
+
+    assert marking.status == 200
+    # Looked up as a miss without waiting on the frozen cache (each lookup and store would cost 0.5 s).
+    assert [(reply.status, reply.headers["x-muxer-cache"]) for reply, _ in replies] == [(200, "miss")] * 4
+    assert max(took for _, took in replies) < NO_TIMEOUT
+    assert (await upstream_stats(upstream))["requests"] == 6
