@@ -154,6 +154,22 @@ class GracefulProcess(multiprocess.Process):
         return self._server
 
 
+class GracefulSupervisor(multiprocess.Multiprocess):
+    """uvicorn's ``--workers`` supervisor, letting go of the listening socket once it has told the workers to stop.
+
+    The supervisor holds the socket too (to start replacement workers). Kept open
+    after the workers have drained and closed theirs, it would still complete
+    connections that nobody accepts, and reset them when the supervisor exits;
+    closed, the socket is gone with the last worker's copy and new connections
+    are refused, which a proxy retries elsewhere.
+    """
+
+    def terminate_all(self) -> None:
+        super().terminate_all()
+        for sock in self.sockets:
+            sock.close()
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m muxer_project.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -210,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     if config.workers > 1:
         # uvicorn's supervisor makes its children from this module-level name; ours drain before they stop.
         multiprocess.Process = GracefulProcess  # type: ignore[misc]
-        multiprocess.Multiprocess(config, sockets=[config.bind_socket()]).run()
+        GracefulSupervisor(config, sockets=[config.bind_socket()]).run()
         return
     server = GracefulServer(config)
     server.run()

@@ -456,6 +456,30 @@ class CeleryWorker:
         raise AssertionError(f"task {task_id} did not succeed in {timeout}s:\n{self.log.read_text(errors='replace')}")
 
 
+@contextlib.contextmanager
+def celery_worker_process(queue: str, log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """``celery -A muxer_project worker`` consuming only ``queue``, with ``env``, logging to ``log``; yields once it
+    is ready, and stops it and deletes the queue afterwards."""
+    command = [sys.executable, "-m", "celery", "-A", "muxer_project", "worker", "-Q", queue, "-n", f"{queue}@%h",
+               "--pool", "solo", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+               "--without-heartbeat"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while " ready." not in log.read_text(errors="replace"):
+            if process.poll() is not None:
+                raise RuntimeError(f"the worker exited early ({process.returncode}):\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start in 30s:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield process
+    finally:
+        stop(process)
+        broker = redis.from_url(settings.CELERY_BROKER_URL)
+        broker.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        broker.close()
+
+
 @pytest.fixture
 def celery_worker(transactional_db: None, tmp_path: Path) -> Iterator[CeleryWorker]:
     """``celery -A muxer_project worker`` in its own process, on the test database and the Redis broker.
@@ -483,22 +507,8 @@ def celery_worker(transactional_db: None, tmp_path: Path) -> Iterator[CeleryWork
         "EMAIL_FILE_PATH": str(mail_dir),
         "SECRET_KEY": settings.SECRET_KEY,
     }
-    command = [sys.executable, "-m", "celery", "-A", "muxer_project", "worker", "-Q", queue, "-n", f"{queue}@%h",
-               "--pool", "solo", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-               "--without-heartbeat"]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while " ready." not in log.read_text(errors="replace"):
-            if process.poll() is not None:
-                raise RuntimeError(f"the worker exited early ({process.returncode}):\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not start in 30s:\n{log.read_text()}")
-            time.sleep(0.1)
-        with override_settings(CELERY_TASK_ALWAYS_EAGER=False, CELERY_TASK_DEFAULT_QUEUE=queue):
-            yield CeleryWorker(queue=queue, log=log, mail_dir=mail_dir)
-    finally:
-        stop(process)
-        broker = redis.from_url(settings.CELERY_BROKER_URL)
-        broker.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-        broker.close()
+    with (
+        celery_worker_process(queue, log, env),
+        override_settings(CELERY_TASK_ALWAYS_EAGER=False, CELERY_TASK_DEFAULT_QUEUE=queue),
+    ):
+        yield CeleryWorker(queue=queue, log=log, mail_dir=mail_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -213,3 +214,46 @@ def test_a_stream_past_the_grace_period_is_cut_and_its_usage_recorded(
     assert (row.status, row.error_code, row.stream) == ("client_disconnected", "client_disconnected", True)
     # Billed for what was streamed before the cut: some words, not all forty.
     assert 0 < row.output_tokens < 40
+
+
+def test_a_connection_made_before_the_socket_closes_still_gets_its_answer(start_runner: Callable[..., Runner]) -> None:
+    """A client (a proxy, on a fresh connection) that connected before the listening socket closed and sends its
+    request only after: answered, not reset. uvicorn alone closes such a connection at once, and a proxy does not
+    retry a POST it has already sent."""
+    runner = start_runner(MUXER_SHUTDOWN_DRAIN_SECONDS="0.3")
+    port = int(runner.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as early:
+        runner.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while not _refused(runner.url):  # the drain is over and the socket closed: new connections are refused
+            assert time.monotonic() < deadline, "the runner never stopped accepting"
+            time.sleep(0.01)
+        early.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := early.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+    assert runner.process.wait(timeout=15) == 0, runner.log.read_text()
+
+
+def test_with_workers_a_stopping_runner_refuses_new_connections_instead_of_dropping_them(
+    start_runner: Callable[..., Runner],
+) -> None:
+    """Under uvicorn's supervisor (two workers) every request made while the runner stops is either answered or
+    refused at connect, which a proxy retries elsewhere; none is taken in and then dropped (the supervisor's own
+    copy of the listening socket would keep it open after the workers have closed theirs)."""
+    runner = start_runner(MUXER_SHUTDOWN_DRAIN_SECONDS="0.2", WEB_CONCURRENCY="2")
+    runner.process.send_signal(signal.SIGTERM)
+    outcomes: list[int | str] = []
+    deadline = time.monotonic() + 20
+    while runner.process.poll() is None and time.monotonic() < deadline:
+        try:
+            outcomes.append(httpx.get(f"{runner.url}/healthz", timeout=2.0).status_code)
+        except httpx.ConnectError:
+            outcomes.append("refused")
+        except httpx.HTTPError as exc:
+            outcomes.append(type(exc).__name__)
+        time.sleep(0.01)
+    assert runner.process.wait(timeout=15) == 0, runner.log.read_text()
+    assert "refused" in outcomes, outcomes
+    assert set(outcomes) <= {200, "refused"}, outcomes
