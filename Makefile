@@ -8,7 +8,7 @@ FAKE_UPSTREAM_ADDR ?= 127.0.0.1:9100
 
 export HOST PORT FAKE_UPSTREAM_ADDR
 
-.PHONY: run test install install-dev lint bench soak clean chromium promtool nginx
+.PHONY: run test install install-dev lint bench bench-scale soak clean chromium promtool nginx
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ lint: install-dev
 
 bench: install-dev
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# One gateway instance behind nginx against two, same load, alternating rounds; plus a Redis command census
+# (bench/README.md, "Scaling out").
+bench-scale: install-dev nginx
+	$(BIN)/python bench/scale.py $(BENCH_ARGS)
 
 # Sustained mixed load against the gateway, watching RSS and connections for a trend (bench/README.md).
 SOAK_MINUTES ?= 12

@@ -743,11 +743,12 @@ class Bench:
         }
         return env
 
-    def start_gateway(self) -> Started:
+    def prepare_gateway(self, env: dict[str, str]) -> int | None:
+        """The gateway's state before a run: the database migrated, the demo key without rate limits, Redis db 5
+        empty. Returns the usage ledger's row count (None when it cannot be read)."""
         missing = [p for p in ("manage.py", "muxer_project/asgi.py") if not (REPO / p).exists()]
         if missing:
             raise BenchError(f"gateway not available yet: missing {', '.join(missing)}")
-        env = self.gateway_env()
         created = subprocess.run(
             [*PSQL, "-v", "ON_ERROR_STOP=1", "-c", "create database muxer_bench"],
             capture_output=True,
@@ -762,8 +763,15 @@ class Bench:
         # No rate limits on the demo key here: the figures compare with earlier runs made without them.
         run_step("demo_setup", [str(PYTHON), "manage.py", "demo_setup", "--rpm", "0", "--tpm", "0"], env=env)
         flush_redis_db(REDIS_URL)
-        rows_before = usage_rows()
-        writer = self.procs.start("usage_writer", [str(PYTHON), "manage.py", "usage_writer"], env=env)
+        return usage_rows()
+
+    def start_usage_writer(self, env: dict[str, str]) -> Managed:
+        return self.procs.start("usage_writer", [str(PYTHON), "manage.py", "usage_writer"], env=env)
+
+    def start_gateway(self) -> Started:
+        env = self.gateway_env()
+        rows_before = self.prepare_gateway(env)
+        writer = self.start_usage_writer(env)
         server, port = self._uvicorn("gateway", "muxer_project.asgi:application", env=env)
         wait_healthy(server, f"http://{HOST}:{port}/healthz", timeout=90)
         if writer.proc.poll() is not None:
@@ -1003,7 +1011,7 @@ def print_report(
 
 
 def hold_bench_lock() -> IO[str]:
-    """Refuse to start while another bench or soak run is going: they share muxer_bench and Redis db 5,
+    """Refuse to start while another bench, soak or scale run is going: they share muxer_bench and Redis db 5,
     and each flushes that Redis database when it starts. The lock lasts as long as the returned file."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     handle = (RESULTS_DIR / ".lock").open("a+")  # not "w": the holder's pid stays readable
@@ -1011,7 +1019,7 @@ def hold_bench_lock() -> IO[str]:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise SystemExit("another bench/run.py or bench/soak.py run is in progress (bench/results/.lock)") from None
+        raise SystemExit("another bench/run.py, soak.py or scale.py run is in progress (bench/results/.lock)") from None
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()
