@@ -43,24 +43,24 @@ def call(request: HttpRequest) -> HttpResponse:
 
 
 def test_every_response_has_a_request_id(client: Client) -> None:
-    response = client.get("/healthz")
+    response = client.get("/")
 
     assert GENERATED.fullmatch(response.headers["X-Request-ID"])
 
 
 def test_two_requests_get_two_ids(client: Client) -> None:
-    assert client.get("/healthz").headers["X-Request-ID"] != client.get("/healthz").headers["X-Request-ID"]
+    assert client.get("/").headers["X-Request-ID"] != client.get("/").headers["X-Request-ID"]
 
 
 def test_a_sane_incoming_request_id_is_kept(client: Client) -> None:
-    response = client.get("/healthz", HTTP_X_REQUEST_ID="trace-42.a_B")
+    response = client.get("/", HTTP_X_REQUEST_ID="trace-42.a_B")
 
     assert response.headers["X-Request-ID"] == "trace-42.a_B"
 
 
 @pytest.mark.parametrize("incoming", ["", "a" * 65, "has space", "semi;colon", "new\nline", "ünicode", "<script>"])
 def test_an_unsafe_incoming_request_id_is_replaced(client: Client, incoming: str) -> None:
-    response = client.get("/healthz", HTTP_X_REQUEST_ID=incoming)
+    response = client.get("/", HTTP_X_REQUEST_ID=incoming)
 
     assert GENERATED.fullmatch(response.headers["X-Request-ID"])
 

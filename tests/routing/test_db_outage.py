@@ -416,7 +416,9 @@ def test_the_gateway_through_an_outage_serves_cached_keys_refuses_the_rest_and_l
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "service_unavailable"
         assert refused.headers["retry-after"] == "5"
-        assert ready.status_code == 503
+        # Reported, but the instance stays in rotation (the database is shared: README "Health").
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "degraded"
         assert ready.json()["checks"]["database"]["status"] == "failing"
         assert rows.count() == 0
         assert sync_redis().xlen(usage_stream) == 5
