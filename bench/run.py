@@ -1069,6 +1069,26 @@ def terminate_on_signals() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def run_guarded(job: Any) -> str | None:
+    """``job.run()`` with SIGINT/SIGTERM/SIGHUP turned into a clean stop, and ``job.stop()`` always run after it
+    (with those signals ignored, so the cleanup finishes). Returns why the run failed, or None."""
+    failure: str | None = None
+    with terminate_on_signals():
+        try:
+            job.run()
+        except BenchError as exc:
+            failure = str(exc)
+            log(f"FAILED: {exc}")
+        except KeyboardInterrupt:
+            failure = "interrupted"
+            log("interrupted: stopping everything")
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            job.stop()
+    return failure
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _lock = hold_bench_lock()  # held until the process exits

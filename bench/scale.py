@@ -30,7 +30,6 @@ import platform
 import re
 import shlex
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -70,9 +69,9 @@ from bench.run import (
     hold_bench_lock,
     log,
     parse_wrk,
+    run_guarded,
     run_step,
     scan_log,
-    terminate_on_signals,
     usage_rows,
     wait_healthy,
     wait_usage_drained,
@@ -919,20 +918,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = RESULTS_DIR / f"scale-{stamp}-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     scale = ScaleBench(args, log_dir)
-    failure: str | None = None
-    with terminate_on_signals():
-        try:
-            scale.run()
-        except BenchError as exc:
-            failure = str(exc)
-            log(f"FAILED: {exc}")
-        except KeyboardInterrupt:
-            failure = "interrupted"
-            log("interrupted: stopping everything")
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_IGN)
-            scale.stop()
+    failure = run_guarded(scale)
     summary = {n: summarise(scale.rounds, n) for n in (1, 2)}
     ratio = ratios(scale.rounds, summary[1], summary[2])
     if scale.rounds:

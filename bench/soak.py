@@ -33,7 +33,6 @@ import platform
 import random
 import re
 import shlex
-import signal
 import socket
 import statistics
 import subprocess
@@ -65,7 +64,7 @@ from bench.run import (
     hold_bench_lock,
     http_request,
     log,
-    terminate_on_signals,
+    run_guarded,
     usage_rows,
     well_formed_key,
 )
@@ -970,20 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_dir = RESULTS_DIR / f"soak-{stamp}-logs"
     soak = Soak(args, log_dir)
-    failure: str | None = None
-    with terminate_on_signals():
-        try:
-            soak.run()
-        except BenchError as exc:
-            failure = str(exc)
-            log(f"FAILED: {exc}")
-        except KeyboardInterrupt:
-            failure = "interrupted"
-            log("interrupted: stopping everything")
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_IGN)
-            soak.stop()
+    failure = run_guarded(soak)
     measured = [w for w in soak.windows if w.phase == "soak"]
     summary = analyse(soak) if measured else {}
     if summary:

@@ -850,7 +850,9 @@ def counters_lost() -> None:
     if now - _last_rebuild_request < delay:
         return
     _last_rebuild_request = now
-    logger.warning("budget holds lost with Redis's data: counters reconciled to the ledger in %.0f s", delay)
+    logger.warning(
+        "budget holds gone from Redis (settled, or lost with its data): reconciling to the ledger in %.0f s", delay
+    )
 
     def enqueue() -> None:
         from .tasks import budget_counters_reconcile_task
